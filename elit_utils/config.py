@@ -1,0 +1,167 @@
+"""Run profiles and project-wide constants, defined once.
+
+Every notebook and command reads its sizes from one :class:`Profile`:
+
+* ``smoke``: every notebook in seconds, for CI and ``make test``;
+* ``quick``: a workshop on a laptop or Colab CPU, each notebook in minutes;
+* ``paper``: the published configuration (20 members, 2000 iterations,
+  batch 32, 256x256 px) for a GPU.
+
+The profile comes from, in order: the argument, the ``ELIT_PROFILE``
+environment variable, and the default ``quick``.
+
+Example
+-------
+>>> from elit_utils.config import get_profile
+>>> get_profile("smoke").name
+'smoke'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+#: Where the project lives; the Colab install cell of every notebook uses this
+#: URL (a test checks that the notebooks agree with it).
+REPO_URL = "https://github.com/elit-lab/elit-lab"
+
+#: Environment variables that steer a run.
+PROFILE_ENV = "ELIT_PROFILE"
+CACHE_ENV = "ELIT_CACHE"
+RESULTS_ENV = "ELIT_RESULTS"
+EXPERIMENTAL_ENV = "ELIT_EXPERIMENTAL_DIR"
+
+DEFAULT_PROFILE = "quick"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run, from a CI smoke test to the paper's configuration.
+
+    Attributes
+    ----------
+    name: the profile's name (``smoke``, ``quick`` or ``paper``).
+    image_size_px: side of the square training images, in pixels.
+    n_train_images: simulated images the ensemble trains on.
+    n_test_images: held-out simulated images for metrics.
+    n_preview_images: images per domain shown in figures.
+    n_members: networks in the ensemble.
+    n_iterations: training iterations per member.
+    batch_size: images per training step.
+    unet_base_filters: filters of the first U-Net level (atomai's ``nb_filters``).
+    swa_iterations: final iterations averaged by stochastic weight averaging.
+    n_adapt_rounds: rounds of iterative training.
+    """
+
+    name: str
+    image_size_px: int
+    n_train_images: int
+    n_test_images: int
+    n_preview_images: int
+    n_members: int
+    n_iterations: int
+    batch_size: int
+    unet_base_filters: int
+    swa_iterations: int
+    n_adapt_rounds: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The profile as a plain dictionary (for JSON records)."""
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        image_size_px=64,
+        n_train_images=16,
+        n_test_images=4,
+        n_preview_images=2,
+        n_members=2,
+        n_iterations=5,
+        batch_size=4,
+        unet_base_filters=8,
+        swa_iterations=2,
+        n_adapt_rounds=1,
+    ),
+    "quick": Profile(
+        name="quick",
+        image_size_px=128,
+        n_train_images=400,
+        n_test_images=40,
+        n_preview_images=4,
+        n_members=5,
+        n_iterations=300,
+        batch_size=16,
+        unet_base_filters=16,
+        swa_iterations=30,
+        n_adapt_rounds=3,
+    ),
+    "paper": Profile(
+        name="paper",
+        image_size_px=256,
+        n_train_images=2000,
+        n_test_images=200,
+        n_preview_images=6,
+        n_members=20,
+        n_iterations=2000,
+        batch_size=32,
+        unet_base_filters=16,
+        swa_iterations=30,
+        n_adapt_rounds=5,
+    ),
+}
+
+
+def get_profile(name: str | Profile | None = None) -> Profile:
+    """Return the run profile called ``name``, else ``$ELIT_PROFILE``, else ``quick``.
+
+    Raises ``ValueError`` naming the known profiles when the name is unknown.
+
+    >>> get_profile("paper").n_members
+    20
+    """
+    if isinstance(name, Profile):
+        return name
+    chosen = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    key = chosen.strip().lower()
+    if key not in PROFILES:
+        known = ", ".join(PROFILES)
+        source = "argument" if name else f"${PROFILE_ENV}"
+        raise ValueError(f"Unknown run profile {chosen!r} (from the {source}); choose one of: {known}.")
+    return PROFILES[key]
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """A short, stable hash of a configuration (dataclasses, dicts, lists, numbers).
+
+    Equal configurations give equal hashes across sessions and machines; it keys
+    the caches and tags every reported number.
+
+    >>> config_hash({"a": 1, "b": [2, 3]}) == config_hash({"b": [2, 3], "a": 1})
+    True
+    """
+    text = json.dumps(to_jsonable(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn dataclasses, tuples and numpy scalars/arrays into plain JSON types.
+
+    >>> to_jsonable((1, 2.5))
+    [1, 2.5]
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return value

@@ -1,0 +1,166 @@
+"""The reproduction report: key numbers in ``results/metrics.json``, figures, summary.
+
+Each notebook records its key numbers with :func:`record_metrics` and saves its
+figures with :func:`save_figure`. Every number is stored with the profile and the
+configuration hash that produced it. :func:`write_summary` turns the JSON into a
+readable ``summary.md`` with the figures linked.
+
+The results folder is ``$ELIT_RESULTS`` when set (``make reproduce`` and
+``make test`` set it), else ``results/`` of the repository checkout, else
+``./results``.
+
+Example
+-------
+>>> import tempfile
+>>> folder = tempfile.mkdtemp()
+>>> path = record_metrics("demo", {"f1": 0.98}, profile="smoke", config={"n": 1}, results=folder)
+>>> load_metrics(folder)["demo"]["values"]["f1"]
+0.98
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_path, repository_root, write_json_atomic
+from .config import RESULTS_ENV, config_hash, get_profile, to_jsonable
+
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.md"
+FIGURES_DIR = "figures"
+
+
+def results_dir(results: str | Path | None = None) -> Path:
+    """The folder that receives metrics and figures (created if missing).
+
+    >>> import tempfile
+    >>> results_dir(tempfile.mkdtemp()).is_dir()
+    True
+    """
+    if results is not None:
+        folder = Path(results)
+    elif os.environ.get(RESULTS_ENV):
+        folder = Path(os.environ[RESULTS_ENV])
+    elif (root := repository_root()) is not None:
+        folder = root / "results"
+    else:
+        folder = Path.cwd() / "results"
+    folder = folder.expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def load_metrics(results: str | Path | None = None) -> dict[str, Any]:
+    """The recorded metrics, ``{}`` when none were recorded yet.
+
+    >>> import tempfile
+    >>> load_metrics(tempfile.mkdtemp())
+    {}
+    """
+    path = results_dir(results) / METRICS_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); move it aside and rerun.") from error
+
+
+def record_metrics(
+    section: str,
+    values: dict[str, Any],
+    profile: str | None = None,
+    config: Any = None,
+    results: str | Path | None = None,
+) -> Path:
+    """Store ``values`` under ``section`` in ``metrics.json``, tagged with profile and config hash.
+
+    Other sections are kept; the file is rewritten atomically.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = record_metrics("simulate", {"atoms_per_image": 140}, profile="quick", results=folder)
+    >>> load_metrics(folder)["simulate"]["profile"]
+    'quick'
+    """
+    metrics = load_metrics(results)
+    metrics[section] = {
+        "profile": get_profile(profile).name,
+        "config_hash": config_hash(config if config is not None else values),
+        "values": to_jsonable(values),
+    }
+    path = results_dir(results) / METRICS_FILE
+    write_json_atomic(path, metrics)
+    return path
+
+
+def save_figure(figure: Any, name: str, results: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png`` (and other formats) atomically.
+
+    Returns the path of the first format written.
+
+    >>> import tempfile, matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> fig = plt.figure()
+    >>> save_figure(fig, "demo", results=tempfile.mkdtemp()).name
+    'demo.png'
+    """
+    folder = results_dir(results) / FIGURES_DIR
+    paths = []
+    for fmt in formats:
+        path = folder / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
+        paths.append(path)
+    return paths[0]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "[" + ", ".join(_format_value(v) for v in value[:12]) + (", ..." if len(value) > 12 else "") + "]"
+    return str(value)
+
+
+def write_summary(results: str | Path | None = None) -> Path:
+    """Write ``summary.md``: one table per section of ``metrics.json`` and the figures.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = record_metrics("demo", {"f1": 0.5}, profile="smoke", results=folder)
+    >>> "| f1 | 0.5 |" in write_summary(folder).read_text()
+    True
+    """
+    folder = results_dir(results)
+    metrics = load_metrics(folder)
+    lines = ["# ELIT Lab: reproduction summary", ""]
+    if not metrics:
+        lines.append("No notebook has recorded metrics yet.")
+    for section in sorted(metrics):
+        entry = metrics[section]
+        lines += [
+            f"## {section}",
+            "",
+            f"Profile `{entry.get('profile')}`, configuration hash `{entry.get('config_hash')}`.",
+            "",
+            "| quantity | value |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {key} | {_format_value(value)} |" for key, value in entry.get("values", {}).items()]
+        lines.append("")
+    figures = sorted((folder / FIGURES_DIR).glob("*.png"))
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"- [{fig.stem}]({FIGURES_DIR}/{fig.name})" for fig in figures]
+        lines.append("")
+    path = folder / SUMMARY_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
+    return path

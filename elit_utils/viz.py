@@ -1,0 +1,150 @@
+"""The plotting vocabulary shared by every notebook.
+
+Micrographs carry a scale bar in nm, colour maps are perceptually uniform and
+readable in greyscale print, and each figure function returns the Figure.
+
+Example
+-------
+>>> import numpy as np, matplotlib
+>>> matplotlib.use("Agg")
+>>> fig = show_micrographs([np.random.rand(32, 32)], ["noise"], sampling_A_per_px=0.1)
+>>> len(fig.axes)
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+IMAGE_CMAP = "gray"
+ATOM_COLOURS = ("#00bcd4", "#ff5722")  # C, Si: distinct in colour and in lightness
+
+
+def nice_scalebar_nm(field_of_view_nm: float) -> float:
+    """A round scale-bar length of about a fifth of the field, in nm.
+
+    >>> nice_scalebar_nm(2.56)
+    0.5
+    """
+    target = field_of_view_nm / 5
+    exponent = np.floor(np.log10(target))
+    for step in (5, 2, 1):
+        if step * 10**exponent <= target:
+            return float(step * 10**exponent)
+    return float(10**exponent)
+
+
+def add_scalebar(ax: Axes, sampling_A_per_px: float, image_width_px: int) -> None:
+    """Draw a white-on-black scale bar in nm in the lower-left corner of ``ax``."""
+    length_nm = nice_scalebar_nm(image_width_px * sampling_A_per_px / 10)
+    length_px = length_nm * 10 / sampling_A_per_px
+    height = max(image_width_px / 60, 1.0)
+    x0, y0 = image_width_px * 0.05, ax.get_ylim()[0] - image_width_px * 0.06
+    ax.add_patch(Rectangle((x0, y0 - height), length_px, height, color="white", ec="black", lw=0.5))
+    label = f"{length_nm:g} nm" if length_nm >= 1 else f"{length_nm * 10:g} Å"
+    ax.text(
+        x0 + length_px / 2,
+        y0 - 1.8 * height,
+        label,
+        color="white",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0},
+    )
+
+
+def show_micrograph(ax: Axes, image: np.ndarray, sampling_A_per_px: float | None = None, title: str = "", atoms: np.ndarray | None = None) -> None:
+    """Show one micrograph on ``ax`` (robust contrast, no ticks, scale bar in nm).
+
+    ``atoms`` is an optional (k, 3) array of row px, col px, class to overlay.
+    """
+    low, high = np.percentile(image, [0.5, 99.5])
+    ax.imshow(image, cmap=IMAGE_CMAP, vmin=low, vmax=high)
+    if atoms is not None and len(atoms):
+        for cls, name in enumerate(("C", "Si")):
+            chosen = atoms[atoms[:, 2] == cls]
+            ax.scatter(chosen[:, 1], chosen[:, 0], s=10, facecolors="none", edgecolors=ATOM_COLOURS[cls], linewidths=1.0, label=name)
+    if sampling_A_per_px is not None:
+        add_scalebar(ax, sampling_A_per_px, image.shape[1])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+
+
+def show_micrographs(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    sampling_A_per_px: float | Sequence[float | None] | None = None,
+    atoms: Sequence[np.ndarray | None] | None = None,
+    columns: int = 4,
+    panel_inches: float = 3.0,
+) -> Figure:
+    """A grid of micrographs with titles, scale bars and optional atom overlays.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_micrographs([np.random.rand(8, 8)] * 5, list("abcde"), columns=3)
+    >>> sum(ax.get_visible() for ax in fig.axes)
+    5
+    """
+    n = len(images)
+    samplings = sampling_A_per_px if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * n
+    overlays = atoms if atoms is not None else [None] * n
+    rows = int(np.ceil(n / columns))
+    cols = min(columns, n)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * cols, panel_inches * rows + 0.3), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, image, title, sampling, overlay in zip(axes.flat, images, titles, samplings, overlays):
+        show_micrograph(ax, image, sampling, title, overlay)
+    fig.tight_layout()
+    return fig
+
+
+def show_structure(positions_A: np.ndarray, atomic_numbers: np.ndarray, field_of_view_A: float, title: str = "") -> Figure:
+    """Atom positions in A (C and Si in two colours) with the imaged field outlined.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_structure(np.array([[1.0, 1.0], [2.0, 2.0]]), np.array([6, 14]), 3.0)
+    >>> fig.axes[0].get_xlabel()
+    'x (Å)'
+    """
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for number, name, colour in ((6, "C", ATOM_COLOURS[0]), (14, "Si", ATOM_COLOURS[1])):
+        chosen = positions_A[atomic_numbers == number]
+        ax.scatter(chosen[:, 1], chosen[:, 0], s=14 if number == 6 else 40, color=colour, label=f"{name} ({len(chosen)})", edgecolors="black", linewidths=0.3)
+    ax.add_patch(Rectangle((0, 0), field_of_view_A, field_of_view_A, fill=False, ls="--", color="black", label="field of view"))
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("y (Å)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+def show_probes(probes: dict[str, np.ndarray], sampling_A_per_px: float, fwhm_A: dict[str, float]) -> Figure:
+    """Probe intensities side by side (square-root colour scale to show the tails; extent in A).
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_probes({"a": np.random.rand(16, 16)}, 0.1, {"a": 1.0})
+    >>> fig.axes[0].get_xlabel()
+    'x (Å)'
+    """
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.0 * len(probes), 3.3), squeeze=False)
+    for ax, (name, probe) in zip(axes.flat, probes.items()):
+        half = probe.shape[0] * sampling_A_per_px / 2
+        ax.imshow(probe, cmap="magma", norm=PowerNorm(0.5), extent=(-half, half, half, -half))
+        ax.set_title(f"{name}\nFWHM {fwhm_A[name]:.2f} Å", fontsize=10)
+        ax.set_xlabel("x (Å)")
+    axes.flat[0].set_ylabel("y (Å)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,196 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from elit_utils import simulate
+from elit_utils.simulate import DOMAINS, ImagingConditions, SampleSpec, Structure
+
+CLEAN = SampleSpec(thermal_jitter_A=0.0, vacancy_density_per_nm2=0, divacancy_density_per_nm2=0, dopant_density_per_nm2=0)
+NOISELESS = ImagingConditions(image_size_px=64, dose_e_per_A2=None, background_fraction=0.0)
+
+
+def test_lattice_bonds_are_1_42_A_and_three_per_atom():
+    structure = simulate.graphene_structure(CLEAN, 30.0, np.random.default_rng(1))
+    bonds = simulate.bond_lengths_A(structure)
+    assert np.allclose(bonds, 1.42, rtol=0.01)
+    interior = ((structure.positions_A > 3) & (structure.positions_A < 27)).all(axis=1)
+    neighbours = (simulate._neighbours(structure.positions_A) >= 0).sum(axis=1)
+    assert (neighbours[interior] == 3).all()
+
+
+def test_areal_density_matches_graphene():
+    structure = simulate.graphene_structure(CLEAN, 50.0, np.random.default_rng(2))
+    inside = ((structure.positions_A >= 0) & (structure.positions_A < 50)).all(axis=1).sum()
+    assert inside / 50.0**2 == pytest.approx(simulate.GRAPHENE_ATOMS_PER_A2, rel=0.03)
+
+
+def test_strain_stretches_bonds():
+    strained = dataclasses.replace(CLEAN, strain=(0.05, 0.05, 0.0))
+    bonds = simulate.bond_lengths_A(simulate.graphene_structure(strained, 30.0, np.random.default_rng(0)))
+    assert np.median(bonds) == pytest.approx(1.42 * 1.05, rel=0.01)
+
+
+@pytest.mark.parametrize(("fractions", "size"), [((1, 0, 0), 1), ((0, 1, 0), 2), ((0, 0, 1), 3)])
+def test_dopant_clusters_have_the_requested_size(fractions, size):
+    sample = dataclasses.replace(CLEAN, dopant_density_per_nm2=0.2, dopant_cluster_fractions=fractions, rotation_deg=0.0)
+    structure = simulate.graphene_structure(sample, 60.0, np.random.default_rng(5))
+    silicon = structure.positions_A[structure.atomic_numbers == 14]
+    expected_sites = 0.2 * 60.0**2 / 100
+    assert len(silicon) == pytest.approx(expected_sites * size, rel=0.5)
+    # every Si has exactly size - 1 Si neighbours within a bond (clusters far apart)
+    from scipy.spatial import cKDTree
+
+    counts = np.array([len(n) - 1 for n in cKDTree(silicon).query_ball_point(silicon, simulate.BOND_CUTOFF_A)])
+    assert np.median(counts) == {1: 0, 2: 1, 3: 1}[size] or (size == 3 and np.mean(counts) > 1.2)
+
+
+def test_vacancies_remove_the_expected_number_of_atoms():
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    perfect = simulate.graphene_structure(CLEAN, 80.0, rng_a)
+    holes = simulate.graphene_structure(dataclasses.replace(CLEAN, vacancy_density_per_nm2=0.5), 80.0, rng_b)
+    missing = len(perfect) - len(holes)
+    assert missing == pytest.approx(0.5 * 80.0**2 / 100, rel=0.3)
+
+
+def test_isolated_atom_peaks_within_half_a_pixel_of_its_label():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        position_A = rng.uniform(2.5, 3.9, size=2)
+        frame = simulate.image_structure(Structure(position_A[None], np.array([6])), NOISELESS, rng)
+        peak = np.array(np.unravel_index(frame.image.argmax(), frame.image.shape))
+        label = frame.atoms[0, :2]
+        assert np.all(np.abs(peak - label) <= 0.5 + 1e-6)
+        window = frame.image[peak[0] - 15 : peak[0] + 16, peak[1] - 15 : peak[1] + 16]
+        rows, cols = np.mgrid[-15:16, -15:16]
+        centroid = peak + np.array([(rows * window).sum(), (cols * window).sum()]) / window.sum()
+        assert np.linalg.norm(centroid - label) < 0.1
+
+
+def test_silicon_is_brighter_than_carbon_by_z_to_the_gamma():
+    frames = [simulate.image_structure(Structure(np.array([[3.2, 3.2]]), np.array([z])), NOISELESS, np.random.default_rng(0)) for z in (6, 14)]
+    ratio = frames[1].image.max() / frames[0].image.max()
+    assert ratio == pytest.approx((14 / 6) ** NOISELESS.z_exponent, rel=0.01)
+
+
+def test_counts_match_the_dose():
+    # a Gaussian probe keeps all the intensity inside the small field (an Airy probe's
+    # tails carry about 5 % beyond 3 A); the graphene test below uses the optics probe
+    conditions = dataclasses.replace(NOISELESS, dose_e_per_A2=1e6, read_noise_counts=0.0, probe_model="gaussian")
+    frame = simulate.image_structure(Structure(np.array([[3.2, 3.2]]), np.array([6])), conditions, np.random.default_rng(0))
+    expected_total = conditions.dose_e_per_A2 * conditions.carbon_cross_section_A2
+    assert frame.expected_counts.sum() == pytest.approx(expected_total, rel=0.01)
+    assert frame.image.sum() == pytest.approx(expected_total, rel=0.03)
+
+
+def test_mean_counts_of_a_graphene_frame_match_the_dose():
+    conditions = dataclasses.replace(DOMAINS["source"].conditions, image_size_px=128, background_fraction=0.0, dose_e_per_A2=2e5)
+    frame = simulate.simulate_image(CLEAN, conditions, np.random.default_rng(1))
+    graphene_counts_per_px = conditions.dose_e_per_A2 * conditions.carbon_cross_section_A2 * simulate.GRAPHENE_ATOMS_PER_A2 * conditions.sampling_A_per_px**2
+    assert frame.image.mean() == pytest.approx(graphene_counts_per_px, rel=0.03)
+    noise = frame.image - frame.expected_counts
+    assert noise.var() == pytest.approx(frame.expected_counts.mean() + conditions.read_noise_counts**2, rel=0.05)
+
+
+def test_same_seed_same_data_and_frames_extend():
+    a = simulate.dataset("drift", n=3, seed=7, image_size_px=48, cache=False)
+    b = simulate.dataset("drift", n=3, seed=7, image_size_px=48, cache=False)
+    c = simulate.dataset("drift", n=2, seed=8, image_size_px=48, cache=False)
+    longer = simulate.dataset("drift", n=4, seed=7, image_size_px=48, cache=False)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.atoms, b.atoms)
+    assert not np.array_equal(a.images[:2], c.images)
+    np.testing.assert_array_equal(longer.images[:3], a.images)
+
+
+def test_dataset_is_cached_with_its_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELIT_CACHE", str(tmp_path))
+    first = simulate.dataset("source", n=2, seed=0, image_size_px=32)
+    assert len(list((tmp_path / "simulate").glob("*.npz"))) == 1
+    second = simulate.dataset("source", n=2, seed=0, image_size_px=32)
+    np.testing.assert_array_equal(first.images, second.images)
+
+
+def test_masks_agree_with_coordinates():
+    data = simulate.dataset("dopant_rich", n=2, seed=1, image_size_px=96, cache=False)
+    for index in range(len(data)):
+        atoms = data.coordinates(index)
+        nearest = np.round(atoms[:, :2]).astype(int).clip(0, 95)
+        assert (data.label_mask[index][nearest[:, 0], nearest[:, 1]] == atoms[:, 2] + 1).mean() > 0.97
+    assert data.class_masks.shape == (2, 2, 96, 96)
+    assert data.atom_mask.sum() == (data.label_mask > 0).sum()
+    radius_px = 0.35 / data.conditions.sampling_A_per_px
+    per_atom = data.atom_mask.sum() / len(data.atoms)
+    assert per_atom == pytest.approx(np.pi * radius_px**2, rel=0.25)
+
+
+def test_labels_cover_exactly_the_atoms_in_view():
+    data = simulate.dataset("source", n=1, seed=0, image_size_px=64, cache=False)
+    atoms = data.coordinates(0)
+    assert atoms[:, :2].min() >= -0.5 and atoms[:, :2].max() < 63.5
+    assert len(atoms) == pytest.approx(simulate.GRAPHENE_ATOMS_PER_A2 * data.conditions.field_of_view_A**2, rel=0.15)
+
+
+def test_drift_moves_labels_with_the_atoms():
+    still = dataclasses.replace(NOISELESS, image_size_px=128)
+    moving = dataclasses.replace(still, drift_A_per_frame=(0.0, 4.0))
+    grid = np.stack(np.meshgrid(np.arange(3.0, 10.5, 1.5), np.arange(3.5, 10.0, 1.5), indexing="ij"), -1).reshape(-1, 2)
+    structure = Structure(grid, np.full(len(grid), 6))
+    frames = [simulate.image_structure(structure, c, np.random.default_rng(4)) for c in (still, moving)]
+    shift = frames[1].atoms[:, 1] - frames[0].atoms[:, 1]
+    rows = frames[0].atoms[:, 0]
+    slope = np.polyfit(rows, shift, 1)[0]
+    assert slope == pytest.approx(4.0 / still.sampling_A_per_px / 128, rel=0.05)
+    # and the image follows the labels: its peaks sit on the moved labels
+    peaks = np.round(frames[1].atoms[:, :2]).astype(int)
+    ok = ((peaks > 2) & (peaks < 125)).all(axis=1)
+    image = frames[1].image
+    local_max = np.array([image[r, c] >= image[r - 2 : r + 3, c - 2 : c + 3].max() * 0.95 for r, c in peaks[ok]])
+    assert local_max.mean() > 0.95
+
+
+def test_every_domain_simulates():
+    for name in DOMAINS:
+        data = simulate.dataset(name, n=1, seed=0, image_size_px=32, cache=False)
+        assert np.isfinite(data.images).all() and data.images.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampling_A_per_px": 0.001}, "nm or pm"),
+        ({"sampling_A_per_px": 10.0}, "nm or pm"),
+        ({"beam_energy_kV": 60000}, "kV"),
+        ({"dose_e_per_A2": -1.0}, "dose"),
+        ({"probe_model": "lorentzian"}, "probe_model"),
+        ({"contamination_coverage": 1.5}, "fraction"),
+        ({"image_size_px": 8}, "image_size_px"),
+    ],
+)
+def test_bad_conditions_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImagingConditions(**kwargs)
+
+
+def test_bad_sample_and_dataset_arguments_are_refused():
+    with pytest.raises(ValueError, match="lattice constant"):
+        SampleSpec(lattice_constant_A=24.6)
+    with pytest.raises(ValueError, match="Unknown domain"):
+        simulate.dataset("moon", n=1)
+    with pytest.raises(ValueError, match="positive number"):
+        simulate.dataset("source", n=0)
+
+
+def test_probe_width_follows_the_optics():
+    source = DOMAINS["source"].conditions
+    diffraction_limited = dataclasses.replace(source, source_size_fwhm_A=0.0)
+    # Rayleigh-type estimate: FWHM of an Airy disc ~ 0.51 lambda / alpha
+    airy = 0.51 * simulate.electron_wavelength_A(60.0) / 0.030
+    assert simulate.probe_fwhm_A(diffraction_limited) == pytest.approx(airy, rel=0.05)
+    assert simulate.probe_fwhm_A(dataclasses.replace(source, defocus_A=80.0)) > 1.5 * simulate.probe_fwhm_A(source)
+
+
+def test_structure_exports_to_ase():
+    structure = simulate.graphene_structure(CLEAN, 10.0, np.random.default_rng(0))
+    atoms = structure.to_ase()
+    assert len(atoms) == len(structure) and set(atoms.get_atomic_numbers()) == {6}
