@@ -121,3 +121,20 @@ def test_shared_experimental_images_load():
             continue
         loaded = load_image(path, sampling_A_per_px=0.08)
         assert loaded.image.ndim == 2 and np.isfinite(loaded.image).all()
+
+
+def test_emd_through_rosettasciio_reads_the_pixel_size(tmp_path):
+    """A minimal Berkeley EMD file (HDF5) with calibrated axes in nm."""
+    path = tmp_path / "frame.emd"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["version_major"], handle.attrs["version_minor"] = 0, 2
+        group = handle.create_group("data/haadf")
+        group.attrs["emd_group_type"] = 1
+        group["data"] = FRAME.astype(np.float32)
+        for name, label, size in (("dim1", "y", FRAME.shape[0]), ("dim2", "x", FRAME.shape[1])):
+            group[name] = np.arange(size) * 0.008
+            group[name].attrs["name"], group[name].attrs["units"] = label, "nm"
+    loaded = load_image(path, sampling_A_per_px=1.0)
+    assert loaded.sampling_A_per_px == pytest.approx(0.08)
+    assert loaded.metadata["sampling_source"] == "file" and loaded.metadata["axes"][-1]["units"] == "nm"
+    assert sorted(loaded.image.shape) == sorted(FRAME.shape)
