@@ -97,26 +97,23 @@ def record_metrics(
     return path
 
 
-def save_figure(figure: Any, name: str, results: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> Path:
+def save_figure(figure: Any, name: str, results: str | Path | None = None, formats: tuple[str, ...] = ("png",)) -> None:
     """Save a matplotlib figure as ``figures/<name>.png`` (and other formats) atomically.
 
-    Returns the path of the first format written.
+    It returns nothing, so that a notebook cell ending with it shows only the figure.
 
-    >>> import tempfile, matplotlib
+    >>> import tempfile, matplotlib, pathlib
     >>> matplotlib.use("Agg")
     >>> import matplotlib.pyplot as plt
-    >>> fig = plt.figure()
-    >>> save_figure(fig, "demo", results=tempfile.mkdtemp()).name
-    'demo.png'
+    >>> folder = tempfile.mkdtemp()
+    >>> save_figure(plt.figure(), "demo", results=folder, formats=("png", "svg"))
+    >>> sorted(p.name for p in (pathlib.Path(folder) / "figures").iterdir())
+    ['demo.png', 'demo.svg']
     """
     folder = results_dir(results) / FIGURES_DIR
-    paths = []
     for fmt in formats:
-        path = folder / f"{name}.{fmt}"
-        with atomic_path(path) as tmp:
+        with atomic_path(folder / f"{name}.{fmt}") as tmp:
             figure.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        paths.append(path)
-    return paths[0]
 
 
 def _format_value(value: Any) -> str:

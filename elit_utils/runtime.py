@@ -101,7 +101,7 @@ def setup(seed: int = 0, profile: str | Profile | None = None, verbose: bool = T
     if verbose:
         versions = package_versions()
         print(f"ELIT Lab {__version__} | profile: {chosen.name} | seed: {seed}")
-        print(f"device: {device.name} ({device.description}; bf16 {'yes' if device.bf16 else 'no'})")
+        print(f"device: {device.name} ({device.description}; fast bf16: {'yes' if device.bf16 else 'no, fp32'})")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if k != "elit-lab"))
         print(f"cache: {cache_dir()}")
     matplotlib.rcParams.update({"figure.dpi": 100, "image.interpolation": "nearest"})
