@@ -31,7 +31,7 @@ from .config import EXPERIMENTAL_ENV
 
 SUPPORTED_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".h5", ".hdf5", ".dm3", ".dm4", ".emd")
 #: Pixel sizes outside this range (A/px) are almost surely in the wrong unit.
-PLAUSIBLE_SAMPLING_A_PER_PX = (0.005, 5.0)
+PLAUSIBLE_SAMPLING_A_PER_PX = (0.01, 5.0)
 _UNIT_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4, "μm": 1e4}
 
 
@@ -62,8 +62,8 @@ def check_sampling(sampling_A_per_px: float | None, source: str = "sampling_A_pe
 
     >>> check_sampling(0.08)
     0.08
-    >>> check_sampling(0.008)  # 0.008 A/px is unusual but allowed
-    0.008
+    >>> check_sampling(0.02)  # unusually fine, but possible
+    0.02
     """
     if sampling_A_per_px is None:
         return None

@@ -170,8 +170,8 @@ class ImagingConditions:
             f"image_size_px must be an integer >= 16, got {self.image_size_px!r}",
         )
         _require(
-            0.005 <= self.sampling_A_per_px <= 5.0,
-            f"sampling_A_per_px={self.sampling_A_per_px} is outside 0.005-5 A/px; is it in nm or pm? (0.1 A/px = 0.01 nm/px = 10 pm/px)",
+            0.01 <= self.sampling_A_per_px <= 5.0,
+            f"sampling_A_per_px={self.sampling_A_per_px} is outside 0.01-5 A/px; is it in nm or pm? (0.1 A/px = 0.01 nm/px = 10 pm/px)",
         )
         _require(10 <= self.beam_energy_kV <= 1000, f"beam_energy_kV={self.beam_energy_kV} is not an electron-microscope voltage in kV")
         _require(1 <= self.convergence_semiangle_mrad <= 100, f"convergence_semiangle_mrad={self.convergence_semiangle_mrad} is not a semi-angle in mrad")
