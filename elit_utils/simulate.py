@@ -553,9 +553,8 @@ def image_structure(structure: Structure, conditions: ImagingConditions, rng: np
         rows, cols = np.mgrid[0:n, 0:n].astype(float)
         cols += rng.normal(0, conditions.scan_jitter_px, size=(n, 1))
         expected = map_coordinates(expected, [rows, cols], order=1, mode="nearest")
-    if conditions.dose_e_per_A2 is None:
-        expected_counts = expected * 1.0
-        counts = expected_counts
+    if conditions.dose_e_per_A2 is None:  # noiseless: the scattered fraction per pixel
+        expected_counts = counts = expected
     else:
         expected_counts = expected * conditions.dose_e_per_A2
         counts = rng.poisson(expected_counts) + rng.normal(0, conditions.read_noise_counts, size=expected.shape)
