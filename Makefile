@@ -38,6 +38,7 @@ lab: $(STAMP)
 ## Benchmarks (print tables; not part of the tests).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
+	$(BIN)/python benchmarks/bench_ensemble.py
 
 clean-cache:
 	rm -rf data/cache

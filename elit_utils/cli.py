@@ -1,4 +1,4 @@
-"""The ``elit`` command line: ``elit reproduce``, ``elit simulate``, ``elit info``.
+"""The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``info``.
 
 Run ``elit --help`` or ``elit SUBCOMMAND --help``.
 """
@@ -48,6 +48,58 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import get_profile
+    from .ensemble import profile_training, train_ensemble
+    from .simulate import dataset
+
+    profile = get_profile(args.profile)
+    architecture, config = profile_training(profile)
+    if args.iterations:
+        config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
+    data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
+    members = args.members or profile.n_members
+    print(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {args.out}/")
+    ensemble = train_ensemble(
+        data.images, data.atom_mask, args.out, members, data.conditions.sampling_A_per_px, architecture, config, first_seed=args.seed * 1000
+    )
+    final = ensemble.loss_histories()[-10:].mean(axis=0)
+    print(f"Done: {ensemble.n_members} members; final loss per member: {', '.join(f'{v:.3f}' for v in final)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .ensemble import Ensemble
+    from .io import load_image
+    from .locate import locate_atoms
+    from .viz import show_atoms_with_uncertainty
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ensemble = Ensemble.load(args.model)
+    for path in map(Path, args.images):
+        targets = [out / f"{path.stem}.csv", out / f"{path.stem}.png"]
+        if any(t.exists() for t in targets) and not args.overwrite:
+            print(f"error: {targets[0]} or its PNG already exists; choose another --out or pass --overwrite.", file=sys.stderr)
+            return 2
+        loaded = load_image(path, sampling_A_per_px=args.sampling, frame=args.frame, require_sampling=True)
+        prediction = ensemble.predict(loaded.image, sampling_A_per_px=loaded.sampling_A_per_px)
+        atoms = locate_atoms(prediction, threshold=args.threshold)
+        atoms.to_csv(targets[0])
+        fig = show_atoms_with_uncertainty(loaded.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, loaded.sampling_A_per_px, path.name)
+        fig.savefig(targets[1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        print(f"{path.name}: {len(atoms)} atoms, mean frame MI {prediction.mutual_information.mean():.4f} nats -> {targets[0].name}, {targets[1].name}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .cache import cache_dir, package_versions
     from .config import get_profile
@@ -87,6 +139,26 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, help="output folder: dataset.npz, atoms.csv, conditions.json")
     simulate.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     simulate.set_defaults(handler=_simulate)
+
+    train = commands.add_parser("train", help="train an ensemble of U-Nets on simulated images (resumes an interrupted run)")
+    train.add_argument("--domain", choices=list(DOMAINS), default="source", help="training domain (default: source)")
+    train.add_argument("--members", type=int, default=None, help="ensemble size (default: the profile's)")
+    train.add_argument("--iterations", type=int, default=None, help="iterations per member (default: the profile's)")
+    train.add_argument("--images", type=int, default=None, help="training images (default: the profile's)")
+    train.add_argument("--profile", choices=list(PROFILES), default=None, help="run profile (default: $ELIT_PROFILE or quick)")
+    train.add_argument("--seed", type=int, default=0, help="data and member seeds (default: 0)")
+    train.add_argument("--out", required=True, help="model folder: ensemble.json and member_NNNN.safetensors/.json")
+    train.set_defaults(handler=_train)
+
+    predict = commands.add_parser("predict", help="find atoms with uncertainty in micrographs (CSV and PNG per image)")
+    predict.add_argument("images", nargs="+", help="image files: .npy .tif .png .h5 .dm3 .dm4 .emd")
+    predict.add_argument("--model", required=True, help="model folder written by elit train")
+    predict.add_argument("--sampling", type=float, default=None, help="pixel size in A/px when the file has none")
+    predict.add_argument("--frame", type=int, default=None, help="frame index for image stacks")
+    predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold for atoms (default: 0.5)")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(handler=_predict)
 
     info = commands.add_parser("info", help="show the profile, cache and results folders, domains and versions")
     info.set_defaults(handler=_info)

@@ -66,8 +66,30 @@ def match_atoms(found_px: np.ndarray, true_px: np.ndarray, tolerance_px: float) 
     return rows[keep], cols[keep]
 
 
-def detection_scores(found_px: np.ndarray, true_px: np.ndarray, sampling_A_per_px: float, tolerance_A: float = 0.5) -> DetectionScores:
+def away_from_edges(points_px: np.ndarray, frame_shape: tuple[int, int], border_px: float) -> np.ndarray:
+    """Boolean mask of the points at least ``border_px`` inside the frame's outer pixel edges.
+
+    >>> away_from_edges(np.array([[0.0, 5.0], [5.0, 5.0]]), (10, 10), 2.0).tolist()
+    [False, True]
+    """
+    points_px = np.asarray(points_px, float).reshape(-1, 2)
+    distance = np.minimum(points_px + 0.5, np.asarray(frame_shape) - 0.5 - points_px).min(axis=1)
+    return distance >= border_px
+
+
+def detection_scores(
+    found_px: np.ndarray,
+    true_px: np.ndarray,
+    sampling_A_per_px: float,
+    tolerance_A: float = 0.5,
+    frame_shape: tuple[int, int] | None = None,
+    border_A: float = 0.0,
+) -> DetectionScores:
     """Precision, recall, F1 and position RMSE (A) of found vs true atoms (row, col in px).
+
+    With ``frame_shape`` and ``border_A``, atoms (found or true) closer than
+    ``border_A`` to the frame's edge are left out: an atom cut by the edge is
+    ambiguous (is a half blob an atom inside or outside?).
 
     >>> detection_scores(np.empty((0, 2)), np.empty((0, 2)), 0.1).f1
     1.0
@@ -76,6 +98,12 @@ def detection_scores(found_px: np.ndarray, true_px: np.ndarray, sampling_A_per_p
         raise ValueError(f"sampling_A_per_px must be > 0, got {sampling_A_per_px}")
     found_px = np.asarray(found_px, float).reshape(-1, 2)
     true_px = np.asarray(true_px, float).reshape(-1, 2)
+    if border_A > 0:
+        if frame_shape is None:
+            raise ValueError("border_A needs frame_shape (H, W)")
+        border_px = border_A / sampling_A_per_px
+        found_px = found_px[away_from_edges(found_px, frame_shape, border_px)]
+        true_px = true_px[away_from_edges(true_px, frame_shape, border_px)]
     found_idx, true_idx = match_atoms(found_px, true_px, tolerance_A / sampling_A_per_px)
     n_matched, n_found, n_true = len(found_idx), len(found_px), len(true_px)
     precision = n_matched / n_found if n_found else float(n_true == 0)
@@ -116,3 +144,31 @@ def pixel_iou(predicted_mask: np.ndarray, true_mask: np.ndarray) -> float:
         raise ValueError(f"mask shapes differ: {predicted_mask.shape} vs {true_mask.shape}")
     union = np.logical_or(predicted_mask, true_mask).sum()
     return float(np.logical_and(predicted_mask, true_mask).sum() / union) if union else 1.0
+
+
+def pooled_scores(
+    found: list[np.ndarray],
+    true: list[np.ndarray],
+    sampling_A_per_px: float,
+    tolerance_A: float = 0.5,
+    frame_shape: tuple[int, int] | None = None,
+    border_A: float = 0.0,
+) -> DetectionScores:
+    """Scores over many frames, pooling the counts (micro-average) and the matched distances.
+
+    >>> a = np.array([[5.0, 5.0]])
+    >>> pooled_scores([a, a], [a, np.empty((0, 2))], 0.1).precision
+    0.5
+    """
+    if len(found) != len(true):
+        raise ValueError(f"{len(found)} frames of found atoms but {len(true)} of true atoms")
+    per_frame = [detection_scores(f, t, sampling_A_per_px, tolerance_A, frame_shape, border_A) for f, t in zip(found, true)]
+    n_found = sum(s.n_found for s in per_frame)
+    n_true = sum(s.n_true for s in per_frame)
+    n_matched = sum(s.n_matched for s in per_frame)
+    precision = n_matched / n_found if n_found else float(n_true == 0)
+    recall = n_matched / n_true if n_true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    squared = sum(s.n_matched * s.rmse_A**2 for s in per_frame if s.n_matched)
+    rmse = float(np.sqrt(squared / n_matched)) if n_matched else float("nan")
+    return DetectionScores(n_true, n_found, n_matched, float(precision), float(recall), float(f1), rmse)

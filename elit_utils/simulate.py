@@ -44,13 +44,15 @@ from scipy.spatial import cKDTree
 from .cache import cached_arrays
 
 #: Bump when the physics changes, so that cached data sets are rebuilt.
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2
 
 CARBON_Z = 6
 SILICON_Z = 14
 CLASS_NAMES = ("C", "Si")
 #: Areal density of graphene, atoms per A^2 (2 atoms per cell of a^2 sqrt(3)/2).
 GRAPHENE_ATOMS_PER_A2 = 4.0 / (np.sqrt(3.0) * 2.46**2)
+#: Atoms this far outside the frame still get (cut) mask discs.
+EDGE_BAND_A = 1.0
 #: Nearest-neighbour cut-off used to find bonded atoms (C-C is 1.42 A).
 BOND_CUTOFF_A = 1.75
 
@@ -494,11 +496,15 @@ class SimulatedImage:
     image: (H, W) float32 detector output (counts x gain + offset).
     expected_counts: (H, W) float32 noise-free expected counts (None dose: the same as image).
     atoms: (k, 3) float32 labels: row px, col px, class (0 = C, 1 = Si).
+    edge_atoms: (j, 3) atoms just outside the frame (within 1 A) whose blobs are cut by the
+        edge; they are drawn into the masks, so that every visible blob is labelled, but
+        are not in ``atoms``.
     """
 
     image: np.ndarray
     expected_counts: np.ndarray
     atoms: np.ndarray
+    edge_atoms: np.ndarray
 
 
 def _margin_px(conditions: ImagingConditions) -> int:
@@ -561,10 +567,11 @@ def image_structure(structure: Structure, conditions: ImagingConditions, rng: np
     image = conditions.detector_gain * counts + conditions.detector_offset
     n_lattice = len(structure)
     label_px = positions_px[:n_lattice]
+    labels = np.column_stack([label_px, structure.atomic_numbers == SILICON_Z]).astype(np.float32)
     in_view = ((label_px >= -0.5) & (label_px < n - 0.5)).all(axis=1)
-    classes = (structure.atomic_numbers[in_view] == SILICON_Z).astype(float)
-    atoms = np.column_stack([label_px[in_view], classes]).astype(np.float32)
-    return SimulatedImage(image.astype(np.float32), expected_counts.astype(np.float32), atoms)
+    band_px = EDGE_BAND_A / s
+    near = ((label_px >= -0.5 - band_px) & (label_px < n - 0.5 + band_px)).all(axis=1) & ~in_view
+    return SimulatedImage(image.astype(np.float32), expected_counts.astype(np.float32), labels[in_view], labels[near])
 
 
 def label_mask(atoms: np.ndarray, shape: tuple[int, int], radius_px: tuple[float, float]) -> np.ndarray:
@@ -665,7 +672,7 @@ def dataset(
         for index in range(int(n)):
             frame = simulate_image(chosen.sample, conditions, np.random.default_rng([seed, index]))
             images.append(frame.image)
-            masks.append(label_mask(frame.atoms, frame.image.shape, radius_px))
+            masks.append(label_mask(np.vstack([frame.atoms, frame.edge_atoms]), frame.image.shape, radius_px))
             atoms.append(np.column_stack([np.full(len(frame.atoms), index, np.float32), frame.atoms]))
         return {"images": np.stack(images), "label_mask": np.stack(masks), "atoms": np.concatenate(atoms).astype(np.float32)}
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import PowerNorm
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -66,6 +67,7 @@ def show_micrograph(ax: Axes, image: np.ndarray, sampling_A_per_px: float | None
 
     ``atoms`` is an optional (k, 3) array of row px, col px, class to overlay.
     """
+    image = np.asarray(image, np.float32)
     low, high = np.percentile(image, [0.5, 99.5])
     ax.imshow(image, cmap=IMAGE_CMAP, vmin=low, vmax=high)
     if atoms is not None and len(atoms):
@@ -146,5 +148,58 @@ def show_probes(probes: dict[str, np.ndarray], sampling_A_per_px: float, fwhm_A:
         ax.set_title(f"{name}\nFWHM {fwhm_A[name]:.2f} Å", fontsize=10)
         ax.set_xlabel("x (Å)")
     axes.flat[0].set_ylabel("y (Å)")
+    fig.tight_layout()
+    return fig
+
+
+def show_atoms_with_uncertainty(
+    image: np.ndarray, rows_px: np.ndarray, cols_px: np.ndarray, uncertainty: np.ndarray, sampling_A_per_px: float | None, title: str = ""
+) -> Figure:
+    """A micrograph with found atoms as rings coloured by their uncertainty (MI, nats), with a colourbar.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_atoms_with_uncertainty(np.random.rand(32, 32), np.array([5.0]), np.array([6.0]), np.array([0.1]), 0.1)
+    >>> fig.axes[1].get_ylabel()
+    'atom uncertainty: mutual information (nats)'
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    show_micrograph(ax, image, sampling_A_per_px, title)
+    scale = ScalarMappable(Normalize(0, max(float(np.max(uncertainty, initial=0)), 0.05)), cmap="viridis")
+    ax.scatter(cols_px, rows_px, s=22, facecolors="none", edgecolors=scale.to_rgba(np.asarray(uncertainty)), linewidths=1.3)
+    bar = fig.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("atom uncertainty: mutual information (nats)")
+    fig.tight_layout()
+    return fig
+
+
+def show_uncertainty_maps(image: np.ndarray, prediction: object, sampling_A_per_px: float | None, title: str = "") -> Figure:
+    """The image beside the ensemble's mean probability, variance, entropy and mutual information.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> from types import SimpleNamespace
+    >>> field = np.random.rand(16, 16)
+    >>> maps = SimpleNamespace(mean=field, variance=field, entropy=field, mutual_information=field)
+    >>> len(show_uncertainty_maps(np.random.rand(16, 16), maps, 0.1).axes)
+    9
+    """
+    panels = [
+        ("image", image, IMAGE_CMAP, None),
+        ("mean probability", prediction.mean, "magma", "probability"),
+        ("variance", prediction.variance, "viridis", "variance"),
+        ("predictive entropy", prediction.entropy, "viridis", "nats"),
+        ("mutual information", prediction.mutual_information, "viridis", "nats"),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
+    for ax, (name, array, cmap, unit) in zip(axes, panels):
+        if unit is None:
+            show_micrograph(ax, array, sampling_A_per_px, name)
+            continue
+        shown = ax.imshow(array, cmap=cmap, vmin=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04).set_label(unit)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

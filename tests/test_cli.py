@@ -11,11 +11,11 @@ from elit_utils.cli import build_parser, main
 
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "elit_utils.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("reproduce", "simulate", "info"):
+    for command in ("reproduce", "simulate", "train", "predict", "info"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["reproduce", "simulate", "info"])
+@pytest.mark.parametrize("command", ["reproduce", "simulate", "train", "predict", "info"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -84,3 +84,19 @@ def test_reproduce_fails_loudly_when_a_notebook_fails(tmp_path):
     _tiny_notebook(notebooks / "01_broken.ipynb", "raise RuntimeError('boom')")
     with pytest.raises(Exception, match="boom"):
         main(["reproduce", "--profile", "smoke", "--out", str(tmp_path / "r"), "--notebooks", str(notebooks)])
+
+
+def test_train_then_predict_writes_atoms_with_uncertainty(tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(model)]) == 0
+    assert sorted(p.name for p in model.glob("member_*.safetensors")) == ["member_0000.safetensors", "member_0001.safetensors"]
+    image = tmp_path / "frame.npy"
+    np.save(image, np.random.default_rng(0).random((40, 48)))
+    assert main(["predict", str(image), "--model", str(model), "--out", str(tmp_path / "out")]) == 2
+    assert "no pixel size" in capsys.readouterr().err
+    assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 0
+    header = (tmp_path / "out" / "frame.csv").read_text().splitlines()[0]
+    assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,variance,vote_fraction"
+    assert (tmp_path / "out" / "frame.png").stat().st_size > 0
+    assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err

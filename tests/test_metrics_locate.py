@@ -67,7 +67,8 @@ def test_find_atoms_recovers_simulated_labels_from_their_masks():
     data = simulate.dataset("dopant_rich", n=2, seed=0, image_size_px=128, cache=False)
     for index in range(len(data)):
         found = find_atoms(data.atom_mask[index].astype(float), threshold=0.5)
-        scores = detection_scores(found, data.coordinates(index)[:, :2], data.conditions.sampling_A_per_px, tolerance_A=0.5)
+        # masks also hold the cut discs of atoms just outside the frame: score away from the edges
+        scores = detection_scores(found, data.coordinates(index)[:, :2], data.conditions.sampling_A_per_px, 0.5, frame_shape=(128, 128), border_A=0.5)
         assert scores.f1 == 1.0 and scores.rmse_A < 0.1
 
 
@@ -83,3 +84,64 @@ def test_find_atoms_drops_speckle_and_rejects_bad_input():
         find_atoms(np.full((4, 4), np.nan))
     with pytest.raises(ValueError, match="threshold"):
         find_atoms(probability, threshold=1.5)
+
+
+def test_border_leaves_out_atoms_cut_by_the_edge():
+    true = np.array([[20.0, 20.0], [20.0, 0.2]])
+    found = np.array([[20.0, 20.0], [20.0, 1.5], [39.6, 20.0]])  # a half blob at each edge
+    plain = detection_scores(found, true, 0.1)
+    assert plain.n_found == 3 and plain.n_true == 2
+    bordered = detection_scores(found, true, 0.1, frame_shape=(40, 40), border_A=0.5)
+    assert (bordered.n_found, bordered.n_true, bordered.f1) == (1, 1, 1.0)
+    with pytest.raises(ValueError, match="frame_shape"):
+        detection_scores(found, true, 0.1, border_A=0.5)
+
+
+def _members_with_atoms(n_members, extra_for_first=True):
+    members = np.zeros((n_members, 24, 24))
+    members[:, 4:7, 4:7] = 0.95  # every member finds this atom
+    if extra_for_first:
+        members[0, 15:18, 15:18] = 0.95  # only member 0 finds this one
+    return members
+
+
+def test_locate_atoms_gives_votes_and_uncertainty_per_atom():
+    from types import SimpleNamespace
+
+    from elit_utils.ensemble import uncertainty_maps
+    from elit_utils.locate import locate_atoms
+
+    prediction = uncertainty_maps(_members_with_atoms(4), 0.1)
+    table = locate_atoms(prediction, threshold=0.2)
+    order = np.argsort(table.rows_px)
+    assert table.vote_fraction[order].tolist() == [1.0, 0.25]
+    assert table.mutual_information[order][0] < 1e-3 < table.mutual_information[order][1]
+    with pytest.raises(ValueError, match="one frame"):
+        locate_atoms(SimpleNamespace(mean=np.zeros((2, 8, 8)), members=np.zeros((3, 2, 8, 8))))
+
+
+def test_atom_table_csv(tmp_path):
+    from elit_utils.ensemble import uncertainty_maps
+    from elit_utils.locate import locate_atoms
+
+    table = locate_atoms(uncertainty_maps(_members_with_atoms(2, extra_for_first=False), 0.1))
+    table.to_csv(tmp_path / "atoms.csv")
+    lines = (tmp_path / "atoms.csv").read_text().splitlines()
+    assert lines[0] == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,variance,vote_fraction"
+    assert lines[1].startswith("5.000,5.000,0.500,0.500,0,")
+    np.testing.assert_allclose(table.coordinates_A, table.coordinates_px * 0.1)
+
+
+@pytest.mark.parametrize("n_members", [3, 5])
+def test_vote_locate_keeps_atoms_for_small_ensembles_where_atomai_drops_them(n_members):
+    from atomai.utils import cluster_coord
+
+    from elit_utils.locate import vote_locate
+
+    members = _members_with_atoms(n_members)
+    centres, votes = vote_locate(members, min_vote_fraction=0.5)
+    assert centres.round(1).tolist() == [[5.0, 5.0]] and votes.tolist() == [1.0]
+    # atomai's clustering (DBSCAN min_samples=10) discards an atom that all n < 10 members found
+    per_member = {k: np.column_stack([find_atoms(m), np.zeros(len(find_atoms(m)))]) for k, m in enumerate(members)}
+    atomai_result = cluster_coord(per_member, eps=3.0)
+    assert len(atomai_result[1]) == 0
