@@ -504,4 +504,5 @@ def cached_ensemble(
     data = dataset(domain, n=chosen.n_train_images, seed=seed, image_size_px=chosen.image_size_px)
     key = config_hash({"architecture": architecture, "training": config, "data": [domain, chosen.n_train_images, chosen.image_size_px, seed]})
     folder = cache_dir() / "ensembles" / f"{domain}-{chosen.name}-{key}"
-    return train_ensemble(data.images, data.atom_mask, folder, members, data.conditions.sampling_A_per_px, architecture, config, progress=progress)
+    sampling = data.conditions.sampling_A_per_px
+    return train_ensemble(data.images, data.atom_mask, folder, members, sampling, architecture, config, first_seed=1000 * seed, progress=progress)
