@@ -56,6 +56,7 @@ class Profile:
     unet_base_filters: filters of the first U-Net level (atomai's ``nb_filters``).
     swa_iterations: final iterations averaged by stochastic weight averaging.
     n_adapt_rounds: rounds of iterative training.
+    n_ood_images_per_point: simulated frames per point of an out-of-distribution sweep.
     """
 
     name: str
@@ -69,6 +70,7 @@ class Profile:
     unet_base_filters: int
     swa_iterations: int
     n_adapt_rounds: int
+    n_ood_images_per_point: int
 
     def as_dict(self) -> dict[str, Any]:
         """The profile as a plain dictionary (for JSON records)."""
@@ -87,6 +89,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=4,
         unet_base_filters=8,
         swa_iterations=2,
+        n_ood_images_per_point=1,
         n_adapt_rounds=1,
     ),
     "quick": Profile(
@@ -100,6 +103,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=8,
         unet_base_filters=16,
         swa_iterations=30,
+        n_ood_images_per_point=3,
         n_adapt_rounds=3,
     ),
     "paper": Profile(
@@ -113,6 +117,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=32,
         unet_base_filters=16,
         swa_iterations=30,
+        n_ood_images_per_point=10,
         n_adapt_rounds=5,
     ),
 }

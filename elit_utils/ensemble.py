@@ -239,8 +239,8 @@ def train_ensemble(
     _claim_folder(folder, record)
     seeds = [first_seed + i for i in range(n_members)]
     todo = [seed for seed in seeds if not (folder / f"{_member_name(seed)}.json").exists()]
-    if len(todo) < len(seeds) and progress:
-        print(f"Resuming: {len(seeds) - len(todo)} of {len(seeds)} members already trained in {folder}")
+    if 0 < len(todo) < len(seeds) and progress:
+        print(f"Resuming: {len(seeds) - len(todo)} of {len(seeds)} members already trained in {folder}; training the other {len(todo)}")
     pack = config.members_per_pack or (len(todo) if device.type == "cuda" else 1)
     x = torch.from_numpy(normalize_image(images))[:, None]
     y = torch.from_numpy(masks.astype(np.float32))[:, None]

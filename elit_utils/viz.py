@@ -203,3 +203,89 @@ def show_uncertainty_maps(image: np.ndarray, prediction: object, sampling_A_per_
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity: str = "f1") -> Figure:
+    """One panel per sweep axis: members' F1 (thin), the ensemble's (bold), the classical baseline (dashed);
+    or, with ``quantity="mi"``, the mean mutual information.
+
+    ``points_by_axis`` maps an axis name to its :class:`~elit_utils.ood.SweepPoint` list.
+    """
+    axes_names = list(points_by_axis)
+    columns = min(4, len(axes_names))
+    rows = int(np.ceil(len(axes_names) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(axes_names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, axes_names):
+        points = points_by_axis[name]
+        x = [p.value for p in points]
+        if quantity == "f1":
+            members = np.array([p.member_f1 for p in points])
+            ax.plot(x, members, color="0.6", lw=0.8)
+            ax.plot(x, [p.ensemble.f1 for p in points], color="black", lw=2.2, marker="o", ms=4, label="ensemble mean")
+            ax.plot(x, [p.classical.f1 for p in points], color="#d95f02", lw=1.5, ls="--", label="classical (no training)")
+            ax.set_ylim(max(0.0, min(ax.get_ylim()[0], 0.5)), 1.01)
+            ax.set_ylabel("F1")
+        else:
+            ax.plot(x, [p.mean_mutual_information for p in points], color="black", lw=2, marker="o", ms=4)
+            ax.set_ylabel("mean MI (nats)")
+        ax.set_xlabel(f"{name} ({units[name]})")
+        if min(x) > 0 and max(x) / min(x) >= 10:  # e.g. dose: a log axis spreads the decades
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    if quantity == "f1":
+        axes.flat[0].plot([], [], color="0.6", lw=0.8, label="single members")
+        axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_detection(uncertainty_by_group: dict[str, tuple[np.ndarray, np.ndarray]], coverage_curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Left: ROC of per-atom uncertainty detecting wrong atoms, per group. Right: precision vs coverage."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for name, (scores, wrong) in uncertainty_by_group.items():
+        order = np.argsort(-scores)
+        wrong_sorted = wrong[order].astype(float)
+        tpr = np.r_[0, np.cumsum(wrong_sorted) / max(wrong_sorted.sum(), 1)]
+        fpr = np.r_[0, np.cumsum(1 - wrong_sorted) / max((1 - wrong_sorted).sum(), 1)]
+        left.plot(fpr, tpr, label=name)
+    left.plot([0, 1], [0, 1], color="0.7", ls=":")
+    left.set(xlabel="false-alarm rate (correct atoms flagged)", ylabel="detection rate (wrong atoms flagged)", title="uncertainty as an error detector")
+    left.legend(fontsize=7)
+    for name, (coverage, precision) in coverage_curves.items():
+        right.plot(coverage * 100, precision, marker="o", ms=3, label=name)
+    right.set(xlabel="atoms kept, most certain first (%)", ylabel="precision of kept atoms", title="risk-coverage")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Figure:
+    """Reliability diagram: observed frequency vs predicted probability; ECE in the legend."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], color="0.7", ls=":", label="perfect calibration")
+    for name, (predicted, observed, ece) in curves.items():
+        ax.plot(predicted, observed, marker="o", ms=4, label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlabel="predicted probability of 'atom'", ylabel="observed frequency", title="calibration per pixel")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_scores(groups: dict[str, np.ndarray], marks: dict[str, float] | None = None) -> Figure:
+    """Histogram of frame shift scores (mean MI, nats) per group, with named vertical marks (e.g. real images)."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    values = np.concatenate([g for g in groups.values() if len(g)] + [np.array(list((marks or {}).values()))])
+    bins = np.logspace(np.log10(max(values.min(), 1e-5)), np.log10(values.max() * 1.05), 25)
+    for name, scores in groups.items():
+        ax.hist(scores, bins=bins, alpha=0.6, label=name)
+    for name, value in (marks or {}).items():
+        ax.axvline(value, color="black", ls="--", lw=1)
+        ax.text(value, ax.get_ylim()[1] * 0.9, f" {name}", rotation=90, va="top", fontsize=7)
+    ax.set_xscale("log")
+    ax.set(xlabel="frame shift score: mean mutual information (nats)", ylabel="frames")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

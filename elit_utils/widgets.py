@@ -92,3 +92,60 @@ def simulation_preview(image_size_px: int = 128, seed: int = 0) -> SimulationPre
     preview = SimulationPreview(image_size_px, seed)
     display(preview.widget)
     return preview
+
+
+class SweepExplorer:
+    """Move along a precomputed out-of-distribution sweep: image, member disagreement, uncertainty.
+
+    ``points_by_axis`` maps an axis to its :class:`~elit_utils.ood.SweepPoint` list (each with an
+    ``example`` frame). The widget only slices these arrays, so every update is instant.
+    """
+
+    def __init__(self, points_by_axis: dict[str, list], units: dict[str, str]) -> None:
+        self.points_by_axis = points_by_axis
+        self.units = units
+        self.axis = widgets.Dropdown(options=list(points_by_axis), description="condition")
+        self.position = widgets.IntSlider(value=0, min=0, max=len(next(iter(points_by_axis.values()))) - 1, description="step")
+        self.summary = widgets.HTML()
+        self.output = widgets.Output()
+        self.axis.observe(self._axis_changed, names="value")
+        self.position.observe(self._redraw, names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.axis, self.position]), self.summary, self.output])
+        self._redraw()
+
+    @property
+    def point(self) -> object:
+        """The sweep point shown now."""
+        return self.points_by_axis[self.axis.value][self.position.value]
+
+    def _axis_changed(self, change: object = None) -> None:
+        self.position.max = len(self.points_by_axis[self.axis.value]) - 1
+        self.position.value = 0
+        self._redraw()
+
+    def _redraw(self, change: object = None) -> None:
+        point = self.point
+        self.summary.value = (
+            f"{point.axis} = <b>{point.value:g}</b> {self.units[point.axis]}: ensemble F1 <b>{point.ensemble.f1:.3f}</b>, "
+            f"members {point.member_f1.min():.3f}-{point.member_f1.max():.3f}, mean MI {point.mean_mutual_information:.4f} nats"
+        )
+        example = point.example
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+        show_micrograph(axes[0], example["image"], None, "image")
+        for ax, (key, title) in zip(axes[1:], (("variance", "member disagreement (variance)"), ("mutual_information", "uncertainty (MI, nats)"))):
+            shown = ax.imshow(example[key], cmap="viridis", vmin=0)
+            ax.set_title(title, fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        fig.tight_layout()
+        self.output.outputs = ()
+        self.output.append_display_data(fig)
+        plt.close(fig)
+
+
+def sweep_explorer(points_by_axis: dict[str, list], units: dict[str, str]) -> SweepExplorer:
+    """Build and display the sweep explorer (returned so that tests can move it)."""
+    explorer = SweepExplorer(points_by_axis, units)
+    display(explorer.widget)
+    return explorer

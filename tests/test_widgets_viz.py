@@ -29,3 +29,40 @@ def test_scalebar_lengths_are_round():
     assert viz.nice_scalebar_nm(2.56) == 0.5
     assert viz.nice_scalebar_nm(25.6) == 5.0
     assert viz.nice_scalebar_nm(1.0) == 0.2
+
+
+def test_sweep_explorer_moves_along_the_sweep(tmp_path):
+    from elit_utils import ood
+    from elit_utils.ensemble import TrainingConfig, train_ensemble
+    from elit_utils.simulate import dataset
+    from elit_utils.unet import UnetArchitecture
+    from elit_utils.widgets import SweepExplorer
+
+    train = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
+    model = train_ensemble(
+        train.images,
+        train.atom_mask,
+        tmp_path,
+        2,
+        0.1,
+        UnetArchitecture(nb_filters=4),
+        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1),
+        progress=False,
+    )
+    points = {axis: ood.sweep(model, axis, 1, 0, 32, ood.ClassicalFinder(), values=ood.SWEEP_AXES[axis][1][:2]) for axis in ("dose", "defocus")}
+    explorer = SweepExplorer(points, {"dose": "e/Å²", "defocus": "Å"})
+    first = explorer.summary.value
+    explorer.position.value = 1
+    assert explorer.point.value == 1e5 and explorer.summary.value != first and "100000" in explorer.summary.value
+    explorer.axis.value = "defocus"
+    assert explorer.position.value == 0 and explorer.point.axis == "defocus" and "defocus" in explorer.summary.value
+    assert len(explorer.output.outputs) == 1
+
+
+def test_ood_figures_have_labelled_axes():
+    fig = viz.plot_reliability({"source": (np.array([0.1, 0.9]), np.array([0.1, 0.8]), 0.05)})
+    assert fig.axes[0].get_xlabel() == "predicted probability of 'atom'"
+    fig = viz.plot_shift_scores({"a": np.array([1e-3, 2e-3]), "b": np.array([1e-2, 3e-2])}, {"real": 5e-3})
+    assert "mutual information" in fig.axes[0].get_xlabel()
+    fig = viz.plot_error_detection({"dose": (np.array([0.1, 0.9]), np.array([False, True]))}, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
+    assert [ax.get_title() for ax in fig.axes] == ["uncertainty as an error detector", "risk-coverage"]

@@ -1,0 +1,344 @@
+"""Out-of-distribution tests: sweep one imaging condition away from the source domain.
+
+For each point of a sweep we simulate frames with ground truth, let the ensemble
+predict, and record detection scores of every member and of the ensemble mean,
+the uncertainty, and whether that uncertainty flags the errors:
+
+* :func:`auroc`: how well a score ranks positives above negatives (0.5 = chance);
+* :func:`expected_calibration_error` and :func:`reliability_curve`: do the
+  per-pixel probabilities mean what they say?
+* :func:`risk_coverage`: precision of the atoms kept when only the most certain
+  fraction is kept;
+* a frame's *shift score* (its mean mutual information), which an automated
+  microscope can threshold to decide "this frame is out of distribution".
+
+:func:`classical_atoms` is the training-free reference: Gaussian smoothing and
+local maxima (scikit-image), tuned once on the source domain.
+
+Example
+-------
+>>> auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
+1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .locate import find_atoms, locate_atoms
+from .metrics import DetectionScores, match_atoms, pooled_scores
+from .simulate import DOMAINS, Domain, dataset
+
+#: The sweeps: axis name -> (what it changes, values from the source setting outwards, unit).
+SWEEP_AXES: dict[str, tuple[str, tuple[float, ...], str]] = {
+    "dose": ("conditions.dose_e_per_A2", (3e5, 1e5, 5e4, 2e4, 1e4), "e/Å²"),
+    "sampling": ("conditions.sampling_A_per_px", (0.1, 0.13, 0.16, 0.2, 0.25), "Å/px"),
+    "defocus": ("conditions.defocus_A", (0.0, 30.0, 50.0, 70.0, 90.0), "Å"),
+    "astigmatism": ("conditions.astigmatism_A", (0.0, 15.0, 30.0, 45.0, 60.0), "Å"),
+    "drift": ("scan", (0.0, 0.75, 1.5, 2.25, 3.0), "px line jitter"),
+    "contamination": ("contamination", (0.0, 0.15, 0.3, 0.45, 0.6), "coverage"),
+    "dopants": ("sample.dopant_density_per_nm2", (0.1, 0.5, 1.0, 2.0, 3.0), "Si per nm²"),
+    "experiment_like": ("towards experiment_like", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of the way"),
+}
+
+
+def _interpolate(start: object, end: object, fraction: float) -> object:
+    """Dataclass fields moved ``fraction`` of the way from ``start`` to ``end`` (numbers only)."""
+    changes = {}
+    for item in dataclasses.fields(start):
+        a, b = getattr(start, item.name), getattr(end, item.name)
+        if a == b or item.name in ("image_size_px",):
+            continue
+        if isinstance(a, tuple):
+            changes[item.name] = tuple(x + fraction * (y - x) for x, y in zip(a, b))
+        elif isinstance(a, (int, float)) and not isinstance(a, bool) and a is not None and b is not None:
+            changes[item.name] = type(a)(a + fraction * (b - a)) if isinstance(a, float) else a
+        elif fraction >= 0.5:
+            changes[item.name] = b
+    return dataclasses.replace(start, **changes)
+
+
+def shifted_domain(axis: str, value: float, source: Domain | None = None) -> Domain:
+    """The source domain with one condition set to ``value`` along ``axis``.
+
+    >>> shifted_domain("dose", 1e4).conditions.dose_e_per_A2
+    10000.0
+    >>> shifted_domain("experiment_like", 1.0).conditions.sampling_A_per_px
+    0.08
+    """
+    if axis not in SWEEP_AXES:
+        raise ValueError(f"Unknown sweep axis {axis!r}; choose one of: {', '.join(SWEEP_AXES)}")
+    base = source or DOMAINS["source"]
+    target, _, _ = SWEEP_AXES[axis]
+    conditions, sample = base.conditions, base.sample
+    if target.startswith("conditions."):
+        conditions = dataclasses.replace(conditions, **{target.split(".")[1]: value})
+    elif target.startswith("sample."):
+        sample = dataclasses.replace(sample, **{target.split(".")[1]: value})
+    elif target == "scan":
+        conditions = dataclasses.replace(conditions, scan_jitter_px=value, drift_A_per_frame=(value, 1.5 * value))
+    elif target == "contamination":
+        conditions = dataclasses.replace(conditions, contamination_coverage=value, background_fraction=conditions.background_fraction + 3 * value)
+    else:
+        experiment = DOMAINS["experiment_like"]
+        conditions = _interpolate(conditions, experiment.conditions, value)
+        sample = _interpolate(sample, experiment.sample, value)
+    return Domain(f"{axis}={value:g}", f"source with {axis} = {value:g} {SWEEP_AXES[axis][2]}", conditions, sample)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative.
+
+    Ties count one half (the Mann-Whitney statistic). nan when one class is absent.
+
+    >>> auroc(np.array([0.5, 0.5]), np.array([0, 1]))
+    0.5
+    """
+    scores = np.asarray(scores, float).ravel()
+    labels = np.asarray(labels).astype(bool).ravel()
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):  # average ranks over ties
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def reliability_curve(probabilities: np.ndarray, outcomes: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per probability bin: mean predicted probability, observed frequency, and count.
+
+    >>> p, f, n = reliability_curve(np.array([0.05, 0.95]), np.array([0, 1]), n_bins=2)
+    >>> p.tolist(), f.tolist(), n.tolist()
+    ([0.05, 0.95], [0.0, 1.0], [1, 1])
+    """
+    probabilities = np.asarray(probabilities, float).ravel()
+    outcomes = np.asarray(outcomes, float).ravel()
+    bins = np.clip((probabilities * n_bins).astype(int), 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        mean_p = np.bincount(bins, probabilities, n_bins) / counts
+        frequency = np.bincount(bins, outcomes, n_bins) / counts
+    keep = counts > 0
+    return mean_p[keep], frequency[keep], counts[keep]
+
+
+def expected_calibration_error(probabilities: np.ndarray, outcomes: np.ndarray, n_bins: int = 10) -> float:
+    """Count-weighted mean |predicted probability - observed frequency| over probability bins.
+
+    >>> round(expected_calibration_error(np.full(10, 0.7), np.r_[np.ones(7), np.zeros(3)]), 12)
+    0.0
+    """
+    mean_p, frequency, counts = reliability_curve(probabilities, outcomes, n_bins)
+    return float(np.sum(counts * np.abs(mean_p - frequency)) / counts.sum())
+
+
+def risk_coverage(uncertainty: np.ndarray, correct: np.ndarray, coverages: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Precision of the atoms kept when keeping only the most certain fraction (coverage).
+
+    >>> cov, precision = risk_coverage(np.array([0.1, 0.2, 0.9]), np.array([1, 1, 0]), np.array([2 / 3, 1.0]))
+    >>> precision.round(3).tolist()
+    [1.0, 0.667]
+    """
+    uncertainty = np.asarray(uncertainty, float)
+    correct = np.asarray(correct, float)
+    coverages = np.linspace(0.1, 1.0, 10) if coverages is None else np.asarray(coverages, float)
+    order = np.argsort(uncertainty, kind="mergesort")
+    precision = []
+    for coverage in coverages:
+        kept = order[: max(1, round(coverage * len(order)))]
+        precision.append(correct[kept].mean() if len(kept) and len(order) else np.nan)
+    return coverages, np.array(precision)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+@dataclass(frozen=True)
+class ClassicalFinder:
+    """Training-free atom finding: Gaussian smoothing, then local maxima above a relative threshold.
+
+    Lengths are in A, so one tuning works at any pixel size.
+    """
+
+    smoothing_A: float = 0.3
+    min_distance_A: float = 0.6
+    threshold_rel: float = 0.3
+
+
+def classical_atoms(image: np.ndarray, sampling_A_per_px: float, finder: ClassicalFinder) -> np.ndarray:
+    """Atom centres (row, col px) by the classical method.
+
+    >>> image = np.zeros((32, 32)); image[10, 12] = image[22, 20] = 1.0
+    >>> classical_atoms(image, 0.1, ClassicalFinder(smoothing_A=0.2)).tolist()
+    [[10.0, 12.0], [22.0, 20.0]]
+    """
+    from scipy.ndimage import gaussian_filter
+    from skimage.feature import peak_local_max
+
+    from .io import normalize_image
+
+    smooth = gaussian_filter(normalize_image(image), finder.smoothing_A / sampling_A_per_px)
+    peaks = peak_local_max(
+        smooth, min_distance=max(1, round(finder.min_distance_A / sampling_A_per_px)), threshold_rel=finder.threshold_rel, exclude_border=False
+    )
+    return np.asarray(sorted(map(tuple, peaks)), float).reshape(-1, 2)
+
+
+def tune_classical(images: np.ndarray, truth: list[np.ndarray], sampling_A_per_px: float, score_kwargs: dict) -> tuple[ClassicalFinder, float]:
+    """Grid-search the classical finder on (source-domain) frames; return it and its F1."""
+    best, best_f1 = ClassicalFinder(), -1.0
+    for smoothing in (0.1, 0.2, 0.3, 0.45):
+        for distance in (0.4, 0.6, 0.8):
+            for threshold in (0.1, 0.3, 0.5):
+                finder = ClassicalFinder(smoothing_A=smoothing, min_distance_A=distance, threshold_rel=threshold)
+                found = [classical_atoms(image, sampling_A_per_px, finder) for image in images]
+                f1 = pooled_scores(found, truth, sampling_A_per_px, **score_kwargs).f1
+                if f1 > best_f1:
+                    best, best_f1 = finder, f1
+    return best, best_f1
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+@dataclass
+class SweepPoint:
+    """What the ensemble did at one point of a sweep."""
+
+    axis: str
+    value: float
+    ensemble: DetectionScores
+    members: list[DetectionScores]
+    classical: DetectionScores
+    mean_mutual_information: float
+    frame_shift_scores: np.ndarray
+    atom_uncertainty: np.ndarray
+    atom_correct: np.ndarray
+    pixel_probability: np.ndarray
+    pixel_truth: np.ndarray
+    pixel_mutual_information: np.ndarray
+    example: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def member_f1(self) -> np.ndarray:
+        """F1 of each member."""
+        return np.array([m.f1 for m in self.members])
+
+
+def evaluate_point(
+    ensemble: object,
+    axis: str,
+    value: float,
+    n_images: int,
+    seed: int,
+    image_size_px: int,
+    finder: ClassicalFinder,
+    tolerance_A: float = 0.5,
+    border_A: float = 0.5,
+) -> SweepPoint:
+    """Simulate ``n_images`` frames at one sweep point and score the ensemble, its members and the baseline."""
+    domain = shifted_domain(axis, value)
+    data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
+    sampling = data.conditions.sampling_A_per_px
+    prediction = ensemble.predict(data.images, sampling_A_per_px=sampling)
+    truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
+    score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
+    mean_found, uncertainty, correct = [], [], []
+    for index in range(len(data)):
+        frame = _frame_prediction(prediction, index)
+        table = locate_atoms(frame)
+        mean_found.append(table.coordinates_px)
+        matched, _ = match_atoms(table.coordinates_px, truth[index], tolerance_A / sampling)
+        is_correct = np.zeros(len(table), bool)
+        is_correct[matched] = True
+        uncertainty.append(table.mutual_information)
+        correct.append(is_correct)
+    members = [pooled_scores([find_atoms(m) for m in prediction.members[k]], truth, sampling, **score) for k in range(len(prediction.members))]
+    classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(prediction.mean.size, size=min(20000, prediction.mean.size), replace=False)
+    example = {"image": data.images[0], "variance": prediction.variance[0], "mutual_information": prediction.mutual_information[0], "mean": prediction.mean[0]}
+    return SweepPoint(
+        axis,
+        value,
+        pooled_scores(mean_found, truth, sampling, **score),
+        members,
+        classical,
+        float(prediction.mutual_information.mean()),
+        prediction.mutual_information.mean(axis=(1, 2)),
+        np.concatenate(uncertainty),
+        np.concatenate(correct),
+        prediction.mean.ravel()[pick],
+        data.atom_mask.ravel()[pick],
+        prediction.mutual_information.ravel()[pick],
+        example,
+    )
+
+
+def _frame_prediction(prediction: object, index: int) -> object:
+    from .ensemble import uncertainty_maps
+
+    return uncertainty_maps(prediction.members[:, index], prediction.sampling_A_per_px)
+
+
+def sweep(
+    ensemble: object, axis: str, n_images: int, seed: int, image_size_px: int, finder: ClassicalFinder, values: tuple[float, ...] | None = None
+) -> list[SweepPoint]:
+    """Evaluate ``ensemble`` at every value of ``axis`` (default: :data:`SWEEP_AXES`'s values)."""
+    values = values or SWEEP_AXES[axis][1]
+    return [evaluate_point(ensemble, axis, v, n_images, seed + 17 * i, image_size_px, finder) for i, v in enumerate(values)]
+
+
+def summarise(points: list[SweepPoint]) -> dict:
+    """The numbers notebook 03 reports: ensemble vs members, error detection, shift detection, calibration."""
+    source = [p for p in points if _is_source(p)]
+    shifted = [p for p in points if not _is_source(p)]
+    ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]
+    ge_median = [p.ensemble.f1 >= np.median(p.member_f1) - 1e-12 for p in points]
+    per_axis = {}
+    for axis in dict.fromkeys(p.axis for p in shifted):
+        chosen = [p for p in shifted if p.axis == axis]
+        per_axis[axis] = auroc(np.concatenate([p.atom_uncertainty for p in chosen]), ~np.concatenate([p.atom_correct for p in chosen]))
+    shift_scores = np.concatenate([p.frame_shift_scores for p in source + shifted])
+    shift_labels = np.concatenate([np.full(len(p.frame_shift_scores), not _is_source(p)) for p in source + shifted])
+
+    def ece(group: list[SweepPoint]) -> float:
+        return expected_calibration_error(np.concatenate([p.pixel_probability for p in group]), np.concatenate([p.pixel_truth for p in group]))
+
+    return {
+        "ensemble_ge_best_member_fraction": float(np.mean(ge_best)),
+        "ensemble_ge_median_member_fraction": float(np.mean(ge_median)),
+        "atom_error_auroc": auroc(np.concatenate([p.atom_uncertainty for p in shifted]), ~np.concatenate([p.atom_correct for p in shifted])),
+        "atom_error_auroc_per_axis": per_axis,
+        "pixel_error_auroc": auroc(
+            np.concatenate([p.pixel_mutual_information for p in shifted]),
+            np.concatenate([(p.pixel_probability > 0.5) != p.pixel_truth for p in shifted]),
+        ),
+        "shift_score_auroc": auroc(shift_scores, shift_labels),
+        "ece_source": ece(source) if source else float("nan"),
+        "ece_shifted": ece(shifted) if shifted else float("nan"),
+        "f1_table": {
+            f"{p.axis}={p.value:g}": {
+                "ensemble": p.ensemble.f1,
+                "best_member": float(p.member_f1.max()),
+                "median_member": float(np.median(p.member_f1)),
+                "classical": p.classical.f1,
+            }
+            for p in points
+        },
+    }
+
+
+def _is_source(point: SweepPoint) -> bool:
+    return point.value == SWEEP_AXES[point.axis][1][0]

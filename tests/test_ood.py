@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from elit_utils import ood
+from elit_utils.simulate import DOMAINS
+
+
+def test_auroc_known_values():
+    assert ood.auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert ood.auroc(np.array([0.9, 0.8, 0.1]), np.array([0, 0, 1])) == 0.0
+    assert ood.auroc(np.array([1.0, 1.0, 1.0, 1.0]), np.array([0, 1, 0, 1])) == 0.5
+    assert np.isnan(ood.auroc(np.array([0.1, 0.2]), np.array([1, 1])))
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(2000), rng.random(2000) < 0.3
+    assert ood.auroc(scores, labels) == pytest.approx(0.5, abs=0.04)  # random scores: chance
+
+
+def test_auroc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(1)
+    scores, labels = rng.integers(0, 5, 60).astype(float), rng.random(60) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairwise = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert ood.auroc(scores, labels) == pytest.approx(pairwise)
+
+
+def test_calibration_of_a_calibrated_and_an_overconfident_predictor():
+    rng = np.random.default_rng(2)
+    probability = rng.random(200_000)
+    calibrated = rng.random(200_000) < probability
+    assert ood.expected_calibration_error(probability, calibrated) < 0.01
+    overconfident = np.where(probability > 0.5, 1.0, 0.0)  # says 0 or 1, right 75 % of the time
+    assert ood.expected_calibration_error(overconfident, calibrated) == pytest.approx(0.25, abs=0.01)
+    mean_p, frequency, counts = ood.reliability_curve(probability, calibrated, n_bins=5)
+    assert len(mean_p) == 5 and counts.sum() == 200_000 and np.allclose(mean_p, frequency, atol=0.01)
+
+
+def test_risk_coverage_keeps_the_most_certain_first():
+    uncertainty = np.array([0.5, 0.1, 0.9, 0.2])
+    correct = np.array([1, 1, 0, 1])
+    _, precision = ood.risk_coverage(uncertainty, correct, np.array([0.5, 0.75, 1.0]))
+    assert precision.tolist() == [1.0, 1.0, 0.75]
+
+
+def test_shifted_domains_change_only_their_axis():
+    source = DOMAINS["source"]
+    low = ood.shifted_domain("dose", 1e4)
+    assert low.conditions.dose_e_per_A2 == 1e4 and low.sample == source.sample
+    assert {k for k, v in vars(low.conditions).items() if v != getattr(source.conditions, k)} == {"dose_e_per_A2"}
+    assert ood.shifted_domain("dopants", 2.0).sample.dopant_density_per_nm2 == 2.0
+    halfway = ood.shifted_domain("experiment_like", 0.5)
+    end = DOMAINS["experiment_like"].conditions
+    assert halfway.conditions.dose_e_per_A2 == pytest.approx((source.conditions.dose_e_per_A2 + end.dose_e_per_A2) / 2)
+    assert ood.shifted_domain("experiment_like", 0.0).conditions == source.conditions
+    with pytest.raises(ValueError, match="Unknown sweep axis"):
+        ood.shifted_domain("temperature", 1.0)
+
+
+def test_every_axis_starts_at_the_source_setting():
+    for axis, (_, values, _) in ood.SWEEP_AXES.items():
+        start = ood.shifted_domain(axis, values[0])
+        assert start.conditions == DOMAINS["source"].conditions and start.sample == DOMAINS["source"].sample, axis
+
+
+def test_classical_finder_finds_simulated_atoms():
+    from elit_utils.metrics import pooled_scores
+    from elit_utils.simulate import dataset
+
+    data = dataset("source", n=2, seed=3, image_size_px=96, cache=False)
+    truth = [data.coordinates(i)[:, :2] for i in range(2)]
+    score = {"tolerance_A": 0.5, "frame_shape": (96, 96), "border_A": 0.5}
+    finder, f1 = ood.tune_classical(data.images, truth, 0.1, score)
+    assert f1 > 0.9
+    again = pooled_scores([ood.classical_atoms(im, 0.1, finder) for im in data.images], truth, 0.1, **score).f1
+    assert again == pytest.approx(f1)
+
+
+def test_sweep_bookkeeping(tmp_path):
+    from elit_utils.ensemble import TrainingConfig, train_ensemble
+    from elit_utils.simulate import dataset
+    from elit_utils.unet import UnetArchitecture
+
+    train = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
+    model = train_ensemble(
+        train.images,
+        train.atom_mask,
+        tmp_path,
+        3,
+        0.1,
+        UnetArchitecture(nb_filters=4),
+        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1),
+        progress=False,
+    )
+    points = ood.sweep(model, "dose", n_images=2, seed=5, image_size_px=32, finder=ood.ClassicalFinder(), values=(3e5, 1e4))
+    assert [p.value for p in points] == [3e5, 1e4]
+    for point in points:
+        assert len(point.members) == 3 and point.frame_shift_scores.shape == (2,)
+        # every atom the ensemble found has an uncertainty and a verdict; the scores leave out the edges
+        assert len(point.atom_uncertainty) == len(point.atom_correct) >= point.ensemble.n_found
+        assert point.example["image"].shape == (32, 32)
+    summary = ood.summarise(points)
+    assert set(summary) >= {"ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc"}
+    assert 0 <= summary["ensemble_ge_median_member_fraction"] <= 1
