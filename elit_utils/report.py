@@ -120,6 +120,8 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):
+        if len(value) > 12:
+            return f"{len(value)} entries (see {METRICS_FILE})"
         return ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items())
     if isinstance(value, list):
         return "[" + ", ".join(_format_value(v) for v in value[:12]) + (", ..." if len(value) > 12 else "") + "]"

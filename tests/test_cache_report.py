@@ -77,3 +77,8 @@ def test_broken_metrics_file_is_reported_not_overwritten(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         report.record_metrics("a", {"x": 1}, results=tmp_path)
     assert Path(tmp_path / "metrics.json").read_text() == "{broken"
+
+
+def test_summary_shortens_long_tables(tmp_path):
+    report.record_metrics("big", {"table": {f"k{i}": i for i in range(40)}}, profile="smoke", results=tmp_path)
+    assert "| table | 40 entries (see metrics.json) |" in report.write_summary(tmp_path).read_text()
