@@ -131,9 +131,17 @@ def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * overlap + 1) / (probability.sum(-1) + target.sum(-1) + 1)).mean(0).sum()
 
 
-def _member_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss summed over members (so each member gets its own gradient) and per member."""
-    per_member = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(dim=(0, 2))
+def _member_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss summed over members (so each member gets its own gradient) and per member.
+
+    ``weight`` (same shape as ``target``, 0/1) leaves pixels out of the loss, e.g. where
+    pseudo-labels are uncertain.
+    """
+    pixel_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weight is None:
+        per_member = pixel_loss.flatten(2).mean(dim=(0, 2))
+    else:
+        per_member = (pixel_loss * weight).transpose(0, 1).flatten(1).sum(1) / weight.transpose(0, 1).flatten(1).sum(1).clamp(min=1)
     total = per_member.sum()
     if kind == "bce+dice":
         total = total + _dice_loss(logits, target)
@@ -165,15 +173,35 @@ def _save_member(folder: Path, seed: int, state: dict[str, torch.Tensor], record
 
 
 def _train_pack(
-    images: torch.Tensor, masks: torch.Tensor, seeds: list[int], architecture: UnetArchitecture, config: TrainingConfig, device: torch.device, progress: bool
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    seeds: list[int],
+    architecture: UnetArchitecture,
+    config: TrainingConfig,
+    device: torch.device,
+    progress: bool,
+    initial_states: list[dict[str, torch.Tensor]] | None = None,
+    weights: torch.Tensor | None = None,
+    stream: int = 0,
 ) -> tuple[PackedUnet, np.ndarray, float]:
-    """Train the members ``seeds`` together; return the SWA network, loss history (iters, members), seconds."""
+    """Train the members ``seeds`` together; return the SWA network, loss history (iters, members), seconds.
+
+    With ``initial_states`` the members start from those weights (fine-tuning) instead of
+    their seeded initialisation; ``weights`` (n, 1, H, W) masks pixels out of the loss;
+    ``stream`` selects another random stream for batches and augmentation.
+    """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    net = PackedUnet.from_seeds(seeds, architecture).to(device).to(memory_format=torch.channels_last).train()
+    if initial_states is None:
+        net = PackedUnet.from_seeds(seeds, architecture)
+    else:
+        net = PackedUnet(len(seeds), architecture)
+        net.load_members(initial_states)
+    net = net.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    generators = [torch.Generator().manual_seed(10_000 + seed) for seed in seeds]
+    generators = [torch.Generator().manual_seed(10_000 + seed + 1_000_003 * stream) for seed in seeds]
+    targets = masks if weights is None else torch.cat([masks, weights], dim=1)
     bf16 = use_bf16(config.precision, device)
     history = np.zeros((config.n_iterations, len(seeds)), np.float32)
     averaged: dict[str, torch.Tensor] | None = None
@@ -183,14 +211,15 @@ def _train_pack(
         batch_x, batch_y = [], []
         for generator in generators:  # each member draws and augments its own batch
             index = torch.randint(len(images), (config.batch_size,), generator=generator)
-            x, y = augment_batch(images[index].to(device), masks[index].to(device), config.augmentation, generator)
+            x, y = augment_batch(images[index].to(device), targets[index].to(device), config.augmentation, generator)
             batch_x.append(x)
             batch_y.append(y)
         x = torch.cat(batch_x, dim=1).contiguous(memory_format=torch.channels_last)
-        y = torch.stack(batch_y, dim=1)
+        y = torch.stack(batch_y, dim=1)  # (B, members, 1 or 2, H, W): the mask, and the loss weight if any
         with _autocast(device, bf16):
             logits = net(x)
-        loss, per_member = _member_loss(logits.float(), y, config.loss)
+        weight = y[:, :, 1:] if weights is not None else None
+        loss, per_member = _member_loss(logits.float(), y[:, :, :1], config.loss, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from elit_utils import iterate
+from elit_utils.ensemble import TrainingConfig, train_ensemble, uncertainty_maps
+from elit_utils.simulate import dataset
+from elit_utils.unet import UnetArchitecture
+
+FAST = iterate.AdaptConfig(rounds=2, iterations_per_round=2, batch_size=2, stop_change=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup_data(tmp_path_factory):
+    source = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
+    model = train_ensemble(
+        source.images,
+        source.atom_mask,
+        tmp_path_factory.mktemp("model"),
+        2,
+        0.1,
+        UnetArchitecture(nb_filters=4),
+        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1, precision="fp32"),
+        progress=False,
+    )
+    target = dataset("low_dose", n=2, seed=1, image_size_px=40, cache=False)
+    return model, source, target
+
+
+def test_pseudo_labels_keep_confident_atoms_and_mask_the_rest():
+    members = np.zeros((3, 30, 30))
+    members[:, 4:8, 4:8] = 0.95  # all members agree: a label
+    members[0, 18:22, 18:22] = 0.95  # one member only: uncertain, left out of the loss
+    members[:, 12, 25] = 0.3  # a faint blob nobody claims: left out too
+    prediction = uncertainty_maps(members, 0.1)
+    mask, weight, count = iterate.pseudo_labels(prediction, iterate.AdaptConfig(confident_mi_nats=0.1), 0.1)
+    assert count == 1 and mask[5, 5] and not mask[19, 19]
+    assert not weight[19, 19] and not weight[12, 25] and weight[28, 2] and weight[5, 5]
+    plain = iterate.AdaptConfig(mask_uncertain=False, threshold=0.25)
+    plain_mask, plain_weight, plain_count = iterate.pseudo_labels(prediction, plain, 0.1)
+    assert plain_count == 3 and plain_mask[19, 19] and plain_weight.all()  # the paper's plain scheme: every blob is a label
+
+
+def test_adapt_writes_rounds_and_history_and_resumes(setup_data, tmp_path, monkeypatch):
+    model, source, target = setup_data
+    truth = [target.coordinates(i)[:, :2] for i in range(len(target))]
+    result = iterate.adapt(model, target.images, 0.1, tmp_path, FAST, truth=truth, source=(source.images, source.atom_mask), progress=False)
+    assert [row["round"] for row in result.history] == [0, 1, 2]
+    assert {"mean_mi_nats", "f1", "pseudo_labels", "agreement_with_previous"} <= set(result.history[1])
+    assert json.loads((tmp_path / "history.json").read_text()) == json.loads(json.dumps(result.history))
+    assert (tmp_path / "history.csv").read_text().startswith("round,")
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "round_1").iterdir()}
+    calls = []
+    real = iterate._train_pack
+    monkeypatch.setattr(iterate, "_train_pack", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    again = iterate.adapt(model, target.images, 0.1, tmp_path, FAST, truth=truth, source=(source.images, source.atom_mask), progress=False)
+    assert calls == []  # both rounds were on disk: nothing was retrained
+    assert {p.name: p.read_bytes() for p in (tmp_path / "round_1").iterdir()} == saved
+    assert [row["f1"] for row in again.history] == pytest.approx([row["f1"] for row in result.history])
+
+
+def test_stopping_rule_ends_early(setup_data, tmp_path):
+    model, _, target = setup_data
+    lenient = iterate.AdaptConfig(rounds=4, iterations_per_round=1, batch_size=2, stop_change=1.0)  # any round counts as "no change"
+    result = iterate.adapt(model, target.images, 0.1, tmp_path, lenient, progress=False)
+    assert len(result.history) == 3 and "stopped" in result.history[-1]  # the rule is first checked after round 2
+    strict = iterate.AdaptConfig(rounds=3, iterations_per_round=1, batch_size=2, stop_change=0.0)
+    assert "stopped" not in iterate.adapt(model, target.images, 0.1, tmp_path / "strict", strict, progress=False).history[-1]
+
+
+def test_unknown_pixel_size_is_refused(setup_data, tmp_path):
+    model, _, target = setup_data
+    with pytest.raises(ValueError, match="pixel size is unknown"):
+        iterate.adapt(model, target.images, None, tmp_path, FAST, progress=False)
+    with pytest.raises(ValueError, match="finite"):
+        iterate.adapt(model, np.full((1, 32, 32), np.nan), 0.1, tmp_path, FAST, progress=False)
