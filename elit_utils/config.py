@@ -103,7 +103,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=8,
         unet_base_filters=16,
         swa_iterations=30,
-        n_ood_images_per_point=3,
+        n_ood_images_per_point=5,
         n_adapt_rounds=3,
     ),
     "paper": Profile(

@@ -50,7 +50,10 @@ class AtomTable:
     ----------
     rows_px, cols_px: sub-pixel centres in the image's pixels.
     sampling_A_per_px: pixel size (None when unknown: then no A columns).
-    mutual_information: mean mutual information (nats) in the atom's footprint: members' disagreement.
+    mutual_information: mean mutual information (nats) in the atom's footprint: members' disagreement
+        (epistemic uncertainty, the out-of-distribution signal).
+    entropy: mean predictive entropy (nats) in the footprint: total uncertainty, epistemic plus
+        aleatoric (the better detector of a wrong atom).
     variance: mean variance of the members' probabilities in the footprint.
     vote_fraction: fraction of members whose own map exceeds the threshold in the footprint.
     """
@@ -59,6 +62,7 @@ class AtomTable:
     cols_px: np.ndarray
     sampling_A_per_px: float | None
     mutual_information: np.ndarray
+    entropy: np.ndarray
     variance: np.ndarray
     vote_fraction: np.ndarray
 
@@ -86,16 +90,16 @@ class AtomTable:
         from .cache import atomic_path
 
         s = self.sampling_A_per_px
-        lines = ["row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,variance,vote_fraction"]
-        for r, c, mi, var, vote in zip(self.rows_px, self.cols_px, self.mutual_information, self.variance, self.vote_fraction):
+        lines = ["row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"]
+        for r, c, mi, h, var, vote in zip(self.rows_px, self.cols_px, self.mutual_information, self.entropy, self.variance, self.vote_fraction):
             y, x = (f"{r * s:.3f}", f"{c * s:.3f}") if s else ("", "")
-            lines.append(f"{r:.3f},{c:.3f},{y},{x},0,{mi:.5f},{var:.5f},{vote:.3f}")
+            lines.append(f"{r:.3f},{c:.3f},{y},{x},0,{mi:.5f},{h:.5f},{var:.5f},{vote:.3f}")
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
 
 
 def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 1) -> AtomTable:
-    """Atoms from an ensemble prediction of one frame (``mean``, ``members``, ``mutual_information``, ``variance``).
+    """Atoms from an ensemble prediction of one frame (``mean``, ``members``, ``mutual_information``, ``entropy``, ``variance``).
 
     Centres come from the mean map (:func:`find_atoms`); each atom's uncertainty
     is averaged over its footprint (the connected region above ``threshold``).
@@ -103,7 +107,8 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     >>> from types import SimpleNamespace
     >>> members = np.zeros((2, 12, 12)); members[:, 3:6, 3:6] = 0.9; members[0, 8:11, 8:11] = 0.9
     >>> mean = members.mean(0)
-    >>> p = SimpleNamespace(mean=mean, members=members, mutual_information=np.zeros_like(mean), variance=members.var(0), sampling_A_per_px=0.1)
+    >>> zeros = np.zeros_like(mean)
+    >>> p = SimpleNamespace(mean=mean, members=members, mutual_information=zeros, entropy=zeros, variance=members.var(0), sampling_A_per_px=0.1)
     >>> locate_atoms(p, threshold=0.4).vote_fraction.tolist()
     [1.0, 0.5]
     """
@@ -117,9 +122,10 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     areas = ndimage.sum_labels(np.ones_like(mean), regions, index)
     kept = index[areas >= min_area_px]
     information = np.asarray(ndimage.mean(prediction.mutual_information, regions, kept)).reshape(-1)
+    entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
     variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)
     votes = np.array([ndimage.maximum(member, regions, kept) for member in members]).reshape(len(members), -1) > threshold
-    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, variance, votes.mean(axis=0))
+    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, votes.mean(axis=0))
 
 
 def vote_locate(member_probabilities: np.ndarray, threshold: float = 0.5, eps_px: float = 3.0, min_vote_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -223,7 +223,8 @@ class SweepPoint:
     classical: DetectionScores
     mean_mutual_information: float
     frame_shift_scores: np.ndarray
-    atom_uncertainty: np.ndarray
+    atom_mutual_information: np.ndarray
+    atom_entropy: np.ndarray
     atom_correct: np.ndarray
     pixel_probability: np.ndarray
     pixel_truth: np.ndarray
@@ -254,7 +255,7 @@ def evaluate_point(
     prediction = ensemble.predict(data.images, sampling_A_per_px=sampling)
     truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
-    mean_found, uncertainty, correct = [], [], []
+    mean_found, uncertainty, entropy, correct = [], [], [], []
     for index in range(len(data)):
         frame = _frame_prediction(prediction, index)
         table = locate_atoms(frame)
@@ -263,6 +264,7 @@ def evaluate_point(
         is_correct = np.zeros(len(table), bool)
         is_correct[matched] = True
         uncertainty.append(table.mutual_information)
+        entropy.append(table.entropy)
         correct.append(is_correct)
     members = [pooled_scores([find_atoms(m) for m in prediction.members[k]], truth, sampling, **score) for k in range(len(prediction.members))]
     classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
@@ -278,6 +280,7 @@ def evaluate_point(
         float(prediction.mutual_information.mean()),
         prediction.mutual_information.mean(axis=(1, 2)),
         np.concatenate(uncertainty),
+        np.concatenate(entropy),
         np.concatenate(correct),
         prediction.mean.ravel()[pick],
         data.atom_mask.ravel()[pick],
@@ -306,12 +309,18 @@ def summarise(points: list[SweepPoint]) -> dict:
     shifted = [p for p in points if not _is_source(p)]
     ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]
     ge_median = [p.ensemble.f1 >= np.median(p.member_f1) - 1e-12 for p in points]
-    per_axis = {}
+    per_axis, per_axis_mi, shift_per_axis = {}, {}, {}
+    source_scores = np.concatenate([p.frame_shift_scores for p in source]) if source else np.empty(0)
     for axis in dict.fromkeys(p.axis for p in shifted):
         chosen = [p for p in shifted if p.axis == axis]
-        per_axis[axis] = auroc(np.concatenate([p.atom_uncertainty for p in chosen]), ~np.concatenate([p.atom_correct for p in chosen]))
+        wrong = ~np.concatenate([p.atom_correct for p in chosen])
+        per_axis[axis] = auroc(np.concatenate([p.atom_entropy for p in chosen]), wrong)
+        per_axis_mi[axis] = auroc(np.concatenate([p.atom_mutual_information for p in chosen]), wrong)
+        largest = chosen[-1].frame_shift_scores  # the axis' farthest point against all source frames
+        shift_per_axis[axis] = auroc(np.r_[source_scores, largest], np.r_[np.zeros(len(source_scores)), np.ones(len(largest))])
     shift_scores = np.concatenate([p.frame_shift_scores for p in source + shifted])
     shift_labels = np.concatenate([np.full(len(p.frame_shift_scores), not _is_source(p)) for p in source + shifted])
+    all_wrong = ~np.concatenate([p.atom_correct for p in shifted])
 
     def ece(group: list[SweepPoint]) -> float:
         return expected_calibration_error(np.concatenate([p.pixel_probability for p in group]), np.concatenate([p.pixel_truth for p in group]))
@@ -319,13 +328,16 @@ def summarise(points: list[SweepPoint]) -> dict:
     return {
         "ensemble_ge_best_member_fraction": float(np.mean(ge_best)),
         "ensemble_ge_median_member_fraction": float(np.mean(ge_median)),
-        "atom_error_auroc": auroc(np.concatenate([p.atom_uncertainty for p in shifted]), ~np.concatenate([p.atom_correct for p in shifted])),
+        "atom_error_auroc": auroc(np.concatenate([p.atom_entropy for p in shifted]), all_wrong),
         "atom_error_auroc_per_axis": per_axis,
+        "atom_error_auroc_mi": auroc(np.concatenate([p.atom_mutual_information for p in shifted]), all_wrong),
+        "atom_error_auroc_mi_per_axis": per_axis_mi,
         "pixel_error_auroc": auroc(
             np.concatenate([p.pixel_mutual_information for p in shifted]),
             np.concatenate([(p.pixel_probability > 0.5) != p.pixel_truth for p in shifted]),
         ),
         "shift_score_auroc": auroc(shift_scores, shift_labels),
+        "shift_score_auroc_farthest_per_axis": shift_per_axis,
         "ece_source": ece(source) if source else float("nan"),
         "ece_shifted": ece(shifted) if shifted else float("nan"),
         "f1_table": {

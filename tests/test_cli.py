@@ -96,7 +96,7 @@ def test_train_then_predict_writes_atoms_with_uncertainty(tmp_path, capsys):
     assert "no pixel size" in capsys.readouterr().err
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 0
     header = (tmp_path / "out" / "frame.csv").read_text().splitlines()[0]
-    assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,variance,vote_fraction"
+    assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
     assert (tmp_path / "out" / "frame.png").stat().st_size > 0
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err

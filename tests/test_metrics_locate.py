@@ -127,7 +127,7 @@ def test_atom_table_csv(tmp_path):
     table = locate_atoms(uncertainty_maps(_members_with_atoms(2, extra_for_first=False), 0.1))
     table.to_csv(tmp_path / "atoms.csv")
     lines = (tmp_path / "atoms.csv").read_text().splitlines()
-    assert lines[0] == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,variance,vote_fraction"
+    assert lines[0] == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
     assert lines[1].startswith("5.000,5.000,0.500,0.500,0,")
     np.testing.assert_allclose(table.coordinates_A, table.coordinates_px * 0.1)
 

@@ -95,7 +95,7 @@ def test_sweep_bookkeeping(tmp_path):
     for point in points:
         assert len(point.members) == 3 and point.frame_shift_scores.shape == (2,)
         # every atom the ensemble found has an uncertainty and a verdict; the scores leave out the edges
-        assert len(point.atom_uncertainty) == len(point.atom_correct) >= point.ensemble.n_found
+        assert len(point.atom_mutual_information) == len(point.atom_correct) >= point.ensemble.n_found
         assert point.example["image"].shape == (32, 32)
     summary = ood.summarise(points)
     assert set(summary) >= {"ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc"}
