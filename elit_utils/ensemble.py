@@ -183,12 +183,14 @@ def _train_pack(
     initial_states: list[dict[str, torch.Tensor]] | None = None,
     weights: torch.Tensor | None = None,
     stream: int = 0,
+    freeze_batch_norm: bool = False,
 ) -> tuple[PackedUnet, np.ndarray, float]:
     """Train the members ``seeds`` together; return the SWA network, loss history (iters, members), seconds.
 
     With ``initial_states`` the members start from those weights (fine-tuning) instead of
     their seeded initialisation; ``weights`` (n, 1, H, W) masks pixels out of the loss;
-    ``stream`` selects another random stream for batches and augmentation.
+    ``stream`` selects another random stream for batches and augmentation;
+    ``freeze_batch_norm`` keeps the batch-norm statistics of ``initial_states`` (fine-tuning).
     """
     from tqdm.auto import tqdm
 
@@ -199,6 +201,10 @@ def _train_pack(
         net = PackedUnet(len(seeds), architecture)
         net.load_members(initial_states)
     net = net.to(device).to(memory_format=torch.channels_last).train()
+    if freeze_batch_norm:
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     generators = [torch.Generator().manual_seed(10_000 + seed + 1_000_003 * stream) for seed in seeds]
     targets = masks if weights is None else torch.cat([masks, weights], dim=1)

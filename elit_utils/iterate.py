@@ -56,6 +56,8 @@ class AdaptConfig:
     mask_radius_A: radius of the pseudo-label discs.
     stop_change: stop when the mean uncertainty changes by less than this fraction and the
         pseudo-labels of two rounds agree to F1 >= 1 - stop_change.
+    freeze_batch_norm: keep the members' batch-norm statistics while fine-tuning (a few
+        small batches of new frames would otherwise replace them).
     """
 
     rounds: int = 3
@@ -69,6 +71,7 @@ class AdaptConfig:
     source_fraction: float = 0.25
     mask_radius_A: float = 0.35
     stop_change: float = 0.02
+    freeze_batch_norm: bool = True
 
 
 @dataclass
@@ -214,7 +217,9 @@ def _fine_tune(
         if all((folder / f"{_member_name(s)}.json").exists() for s in seeds):
             continue  # finished before an interruption
         states = [net.member_state_dict(i) for i in range(net.n_members)]
-        tuned, history, seconds = _train_pack(x, y, seeds, architecture, training, ensemble.device, progress, states, w, stream=round_index)
+        tuned, history, seconds = _train_pack(
+            x, y, seeds, architecture, training, ensemble.device, progress, states, w, stream=round_index, freeze_batch_norm=config.freeze_batch_norm
+        )
         for index, seed in enumerate(seeds):
             member = {**record, "seed": seed, "seconds": seconds / len(seeds), "loss_history": history[:, index].tolist(), "versions": package_versions()}
             _save_member(folder, seed, tuned.member_state_dict(index), member)

@@ -180,3 +180,16 @@ def test_uncertainty_is_zero_when_members_agree():
     assert np.allclose(agree.variance, 0) and np.allclose(agree.mutual_information, 0, atol=1e-6)
     split = ens.uncertainty_maps(np.stack([np.zeros((5, 5)), np.ones((5, 5))]))
     assert np.allclose(split.mutual_information, np.log(2), atol=1e-4)
+
+
+def test_fine_tuning_can_keep_batch_norm_statistics(data):
+    images, masks = data
+    x = torch.from_numpy(images)[:, None]
+    y = torch.from_numpy(masks.astype(np.float32))[:, None]
+    start = PackedUnet.from_seeds([0], TINY).member_state_dict(0)
+    frozen, _, _ = ens._train_pack(x, y, [0], TINY, FAST, torch.device("cpu"), False, [start], freeze_batch_norm=True)
+    moving, _, _ = ens._train_pack(x, y, [0], TINY, FAST, torch.device("cpu"), False, [start], freeze_batch_norm=False)
+    key = "c1.block.2.running_mean"
+    torch.testing.assert_close(frozen.member_state_dict(0)[key], start[key])
+    assert not torch.allclose(moving.member_state_dict(0)[key], start[key])
+    assert not torch.allclose(frozen.member_state_dict(0)["c1.block.0.weight"], start["c1.block.0.weight"])  # weights still learn
