@@ -1,4 +1,4 @@
-"""The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``info``.
+"""The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``adapt``, ``info``.
 
 Run ``elit --help`` or ``elit SUBCOMMAND --help``.
 """
@@ -100,6 +100,48 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    from .ensemble import Ensemble
+    from .io import load_image
+    from .iterate import AdaptConfig, adapt
+    from .locate import locate_atoms
+    from .simulate import dataset
+
+    out = Path(args.out)
+    paths = [Path(p) for p in args.frames]
+    atom_files = [out / "atoms" / f"{p.stem}.csv" for p in paths]
+    existing = [str(f) for f in atom_files if f.exists()]
+    if existing and not args.overwrite:
+        print(f"error: {', '.join(existing[:3])} already exist; choose another --out or pass --overwrite.", file=sys.stderr)
+        return 2
+    loaded = [load_image(p, sampling_A_per_px=args.sampling, frame=args.frame, require_sampling=True) for p in paths]
+    ensemble = Ensemble.load(args.model)
+    source = None
+    if not args.no_source:
+        simulated = dataset("source", n=64, seed=0, image_size_px=128)
+        if abs(simulated.conditions.sampling_A_per_px - ensemble.sampling_A_per_px) < 1e-6:
+            source = (simulated.images, simulated.atom_mask)
+        else:
+            print(
+                f"note: the model's pixel size ({ensemble.sampling_A_per_px} A/px) differs from the simulated source frames'; adapting without source mixing."
+            )
+    config = AdaptConfig(rounds=args.rounds, iterations_per_round=args.iterations)
+    frames = [frame.image for frame in loaded]
+    samplings = [frame.sampling_A_per_px for frame in loaded]
+    result = adapt(ensemble, frames, samplings, out, config, source=source)
+    for row in result.history:
+        print(
+            f"round {row['round']}: {row['atoms_found']} atoms, mean MI {row['mean_mi_nats']:.4f} nats"
+            + (f", {row['pseudo_labels']} pseudo-labels" if "pseudo_labels" in row else "")
+        )
+    (out / "atoms").mkdir(exist_ok=True)
+    for frame, sampling, target in zip(frames, samplings, atom_files):
+        locate_atoms(result.ensemble.predict(frame, sampling_A_per_px=sampling)).to_csv(target)
+    final = out / f"round_{result.history[-1]['round']}"
+    print(f"adapted ensemble: {final}/; history: {out / 'history.csv'}; atoms: {out / 'atoms'}/")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .cache import cache_dir, package_versions
     from .config import get_profile
@@ -159,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.set_defaults(handler=_predict)
+
+    adapt = commands.add_parser("adapt", help="adapt an ensemble to new, unlabelled frames by iterative training on its own confident atoms")
+    adapt.add_argument("frames", nargs="+", help="unlabelled frames (any sizes): .npy .tif .png .h5 .dm3 .dm4 .emd")
+    adapt.add_argument("--model", required=True, help="model folder written by elit train")
+    adapt.add_argument("--sampling", type=float, default=None, help="pixel size in A/px when the files have none")
+    adapt.add_argument("--frame", type=int, default=None, help="frame index for image stacks")
+    adapt.add_argument("--rounds", type=int, default=3, help="maximum rounds (default: 3; stops early when nothing changes)")
+    adapt.add_argument("--iterations", type=int, default=100, help="fine-tuning steps per member and round (default: 100)")
+    adapt.add_argument("--no-source", action="store_true", help="do not mix simulated source frames into fine-tuning")
+    adapt.add_argument("--out", required=True, help="output folder: round_K/ ensembles, history.json/.csv, atoms/; an interrupted run resumes")
+    adapt.add_argument("--overwrite", action="store_true", help="replace atom tables already in --out/atoms")
+    adapt.set_defaults(handler=_adapt)
 
     info = commands.add_parser("info", help="show the profile, cache and results folders, domains and versions")
     info.set_defaults(handler=_info)

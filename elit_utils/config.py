@@ -56,6 +56,8 @@ class Profile:
     unet_base_filters: filters of the first U-Net level (atomai's ``nb_filters``).
     swa_iterations: final iterations averaged by stochastic weight averaging.
     n_adapt_rounds: rounds of iterative training.
+    n_adapt_frames: unlabelled target frames the ensemble adapts to.
+    adapt_iterations_per_round: fine-tuning steps per member in each round of iterative training.
     n_ood_images_per_point: simulated frames per point of an out-of-distribution sweep.
     """
 
@@ -70,6 +72,8 @@ class Profile:
     unet_base_filters: int
     swa_iterations: int
     n_adapt_rounds: int
+    n_adapt_frames: int
+    adapt_iterations_per_round: int
     n_ood_images_per_point: int
 
     def as_dict(self) -> dict[str, Any]:
@@ -91,6 +95,8 @@ PROFILES: dict[str, Profile] = {
         swa_iterations=2,
         n_ood_images_per_point=1,
         n_adapt_rounds=1,
+        n_adapt_frames=2,
+        adapt_iterations_per_round=2,
     ),
     "quick": Profile(
         name="quick",
@@ -105,6 +111,8 @@ PROFILES: dict[str, Profile] = {
         swa_iterations=30,
         n_ood_images_per_point=5,
         n_adapt_rounds=3,
+        n_adapt_frames=6,
+        adapt_iterations_per_round=100,
     ),
     "paper": Profile(
         name="paper",
@@ -119,6 +127,8 @@ PROFILES: dict[str, Profile] = {
         swa_iterations=30,
         n_ood_images_per_point=10,
         n_adapt_rounds=5,
+        n_adapt_frames=20,
+        adapt_iterations_per_round=500,
     ),
 }
 

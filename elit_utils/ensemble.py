@@ -350,6 +350,16 @@ class Prediction:
     members: np.ndarray
     sampling_A_per_px: float | None
 
+    def frame(self, index: int) -> Prediction:
+        """The prediction of frame ``index`` of a stack.
+
+        >>> uncertainty_maps(np.random.rand(3, 2, 8, 8), 0.1).frame(1).mean.shape
+        (8, 8)
+        """
+        if self.mean.ndim != 3:
+            raise ValueError(f"this prediction is of one frame {self.mean.shape}, not a stack")
+        return uncertainty_maps(self.members[:, index], self.sampling_A_per_px)
+
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
@@ -384,7 +394,8 @@ def _blend_window(size: int, overlap: int) -> np.ndarray:
 class Ensemble:
     """A trained ensemble: members, their record, and prediction with uncertainty."""
 
-    def __init__(self, packs: list[PackedUnet], seeds: list[int], record: dict, device: torch.device) -> None:
+    def __init__(self, packs: list[PackedUnet], seeds: list[int], record: dict, device: torch.device, folder: Path) -> None:
+        self.folder = folder
         self.packs = packs
         self.seeds = seeds
         self.record = record
@@ -438,7 +449,13 @@ class Ensemble:
             except ValueError as error:
                 raise ValueError(f"{folder}: a member does not fit the ensemble's architecture: {error}") from error
             packs.append(net.to(device).to(memory_format=torch.channels_last).eval())
-        return cls(packs, list(seeds), {**record, "members": members}, device)
+        return cls(packs, list(seeds), {**record, "members": members}, device, folder)
+
+    def subset(self, n_members: int) -> Ensemble:
+        """The first ``n_members`` members as an ensemble of their own (e.g. one model, for a single-network baseline)."""
+        if not 1 <= n_members <= self.n_members:
+            raise ValueError(f"n_members must be between 1 and {self.n_members}, got {n_members}")
+        return Ensemble.load(self.folder, seeds=self.seeds[:n_members], device=self.device)
 
     @torch.inference_mode()
     def _member_probabilities(self, image: np.ndarray, precision: str) -> np.ndarray:

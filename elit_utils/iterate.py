@@ -2,7 +2,7 @@
 
 Each round: the ensemble predicts on the target frames; atoms it is sure of
 (mutual information below a limit) become pseudo-label discs; the footprints of
-atoms it is unsure of, and uncertain pixels, are left out of the loss; every
+atoms it is unsure of, and faint blobs holding no atom, are left out of the loss; every
 member is fine-tuned on these frames (mixed with labelled source frames, so it
 does not forget). Rounds repeat until the pseudo-labels and the uncertainty stop
 changing. Each round's ensemble is saved in the safe checkpoint format, so an
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.transform import resize
 
 from .cache import atomic_path, package_versions, write_json_atomic
-from .ensemble import Ensemble, TrainingConfig, _claim_folder, _member_name, _save_member, _train_pack, data_hash, uncertainty_maps
+from .ensemble import Ensemble, TrainingConfig, _claim_folder, _member_name, _save_member, _train_pack, data_hash
 from .io import check_sampling, normalize_image
 from .locate import locate_atoms
 from .metrics import pooled_scores
@@ -47,11 +48,11 @@ class AdaptConfig:
     learning_rate: Adam's learning rate for fine-tuning.
     confident_mi_nats: atoms whose mutual information exceeds this are not used as labels
         (and, with ``mask_uncertain``, their footprint is left out of the loss).
-    mask_uncertain: leave uncertain atoms and pixels out of the loss (False: the paper's plain
-        scheme, every atom above the threshold is a label and every pixel counts).
+    mask_uncertain: leave uncertain atoms and unclaimed faint blobs out of the loss (False: the
+        paper's plain scheme, every atom above the threshold is a label and every pixel counts).
     threshold: probability above which a pixel belongs to an atom.
-    background_probability: with ``mask_uncertain``, pixels between this and ``threshold`` are
-        left out of the loss: they may be atoms the ensemble cannot yet see.
+    background_probability: with ``mask_uncertain``, faint blobs above this probability that hold
+        no atom are left out of the loss: they may be atoms the ensemble cannot yet see.
     source_fraction: share of training tiles drawn from labelled source frames.
     mask_radius_A: radius of the pseudo-label discs.
     stop_change: stop when the mean uncertainty changes by less than this fraction and the
@@ -82,8 +83,15 @@ class AdaptResult:
     history: list[dict]
 
 
-def _tiles(frames: np.ndarray, size: int) -> np.ndarray:
-    """Cut (n, H, W) frames into (m, size, size) tiles (overlapping where needed to cover the edges)."""
+def _resample(frame: np.ndarray, factor: float) -> np.ndarray:
+    """``frame`` resized by ``factor`` (bilinear), as float32."""
+    if abs(factor - 1) < 1e-6:
+        return frame
+    return resize(frame, (round(frame.shape[0] * factor), round(frame.shape[1] * factor)), order=1, preserve_range=True).astype(np.float32)
+
+
+def _tiles(frames: list[np.ndarray] | np.ndarray, size: int) -> np.ndarray:
+    """Cut frames (any shapes) into (m, size, size) tiles (overlapping where needed to cover the edges)."""
     tiles = []
     for frame in frames:
         rows = sorted({*range(0, frame.shape[0] - size + 1, size), frame.shape[0] - size})
@@ -95,6 +103,7 @@ def _tiles(frames: np.ndarray, size: int) -> np.ndarray:
 def pseudo_labels(prediction: object, config: AdaptConfig, sampling_A_per_px: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Pseudo-label mask, loss weight (0 = ignored) and label count for one predicted frame.
 
+    >>> from elit_utils.ensemble import uncertainty_maps
     >>> members = np.zeros((2, 24, 24)); members[:, 4:8, 4:8] = 0.95; members[0, 14:18, 14:18] = 0.95
     >>> mask, weight, n = pseudo_labels(uncertainty_maps(members, 0.1), AdaptConfig(confident_mi_nats=0.1), 0.1)
     >>> n, bool(mask[5, 5]), bool(weight[15, 15]), bool(weight[1, 20])
@@ -108,10 +117,25 @@ def pseudo_labels(prediction: object, config: AdaptConfig, sampling_A_per_px: fl
     weight = np.ones(prediction.mean.shape, bool)
     if config.mask_uncertain:
         doubtful = np.column_stack([atoms.coordinates_px[~confident], np.zeros((~confident).sum())])
-        weight &= label_mask(doubtful, prediction.mean.shape, (3 * radius_px, 3 * radius_px)) == 0
-        weight &= prediction.mutual_information <= config.confident_mi_nats
-        weight &= ~((prediction.mean > config.background_probability) & (prediction.mean <= config.threshold))  # faint, unclaimed blobs
+        weight &= label_mask(doubtful, prediction.mean.shape, (2 * radius_px, 2 * radius_px)) == 0
+        weight &= ~_unclaimed_blobs(prediction.mean, config.background_probability, config.threshold)
     return mask, weight, int(confident.sum())
+
+
+def _unclaimed_blobs(mean: np.ndarray, background_probability: float, threshold: float) -> np.ndarray:
+    """Pixels of faint blobs (mean probability above ``background_probability``) that hold no atom
+    (no pixel above ``threshold``): perhaps atoms the ensemble cannot see yet, so neither label.
+
+    >>> mean = np.zeros((8, 8)); mean[1:3, 1:3] = 0.3; mean[5:7, 5:7] = 0.9; mean[4, 5] = 0.3
+    >>> blobs = _unclaimed_blobs(mean, 0.05, 0.5)
+    >>> bool(blobs[1, 1]), bool(blobs[4, 5]), bool(blobs[5, 5])
+    (True, False, False)
+    """
+    regions, count = ndimage.label(mean > background_probability)
+    if count == 0:
+        return np.zeros(mean.shape, bool)
+    peaks = np.asarray(ndimage.maximum(mean, regions, np.arange(1, count + 1)))
+    return np.r_[False, peaks <= threshold][regions]
 
 
 def should_stop(previous_mi: float, current_mi: float, agreement_f1: float, tolerance: float) -> bool:
@@ -125,20 +149,37 @@ def should_stop(previous_mi: float, current_mi: float, agreement_f1: float, tole
     return change < tolerance and agreement_f1 >= 1 - tolerance
 
 
-def _score(ensemble: Ensemble, frames: np.ndarray, sampling: float, truth: list[np.ndarray] | None, threshold: float) -> tuple[dict, list[np.ndarray]]:
-    prediction = ensemble.predict(frames, sampling_A_per_px=sampling)
-    found = [locate_atoms(uncertainty_maps(prediction.members[:, i], sampling), threshold).coordinates_px for i in range(len(frames))]
-    row = {"mean_mi_nats": float(prediction.mutual_information.mean()), "atoms_found": int(sum(len(f) for f in found))}
+def _score(
+    ensemble: Ensemble, frames: list[np.ndarray], samplings: list[float], truth: list[np.ndarray] | None, threshold: float
+) -> tuple[dict, list[np.ndarray]]:
+    predictions = [ensemble.predict(frame, sampling_A_per_px=s) for frame, s in zip(frames, samplings)]
+    found = [locate_atoms(p, threshold).coordinates_px for p in predictions]
+    pixels = sum(p.mutual_information.size for p in predictions)
+    row = {"mean_mi_nats": float(sum(p.mutual_information.sum() for p in predictions) / pixels), "atoms_found": int(sum(len(f) for f in found))}
     if truth is not None:
-        scores = pooled_scores(found, truth, sampling, 0.5, frames.shape[1:], border_A=0.5)
+        scores = pooled_scores(found, truth, samplings, 0.5, [f.shape for f in frames], border_A=0.5)
         row.update(f1=scores.f1, precision=scores.precision, recall=scores.recall)
     return row, found
 
 
+def _checked_frames(frames: np.ndarray | list[np.ndarray], sampling_A_per_px: float | list[float] | None) -> tuple[list[np.ndarray], list[float]]:
+    """Frames as a list of finite 2D arrays and one checked pixel size per frame."""
+    frames = [np.asarray(frame, np.float32) for frame in (frames if isinstance(frames, (list, tuple)) or np.ndim(frames) == 3 else [frames])]
+    for index, frame in enumerate(frames):
+        if frame.ndim != 2 or not np.isfinite(frame).all():
+            raise ValueError(f"frame {index} must be a finite 2D image, got shape {frame.shape}{'' if np.isfinite(frame).all() else ' with NaN or inf'}")
+    if sampling_A_per_px is None or (isinstance(sampling_A_per_px, (list, tuple)) and None in sampling_A_per_px):
+        raise ValueError("The frames' pixel size is unknown: pass sampling_A_per_px (A/px); adapting without it would teach the wrong atom size.")
+    samplings = list(sampling_A_per_px) if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * len(frames)
+    if len(samplings) != len(frames):
+        raise ValueError(f"{len(frames)} frames but {len(samplings)} pixel sizes")
+    return frames, [check_sampling(s) for s in samplings]
+
+
 def adapt(
     ensemble: Ensemble,
-    frames: np.ndarray,
-    sampling_A_per_px: float | None,
+    frames: np.ndarray | list[np.ndarray],
+    sampling_A_per_px: float | list[float] | None,
     out_dir: str | Path,
     config: AdaptConfig | None = None,
     truth: list[np.ndarray] | None = None,
@@ -146,37 +187,30 @@ def adapt(
     tile_px: int = 128,
     progress: bool = True,
 ) -> AdaptResult:
-    """Adapt ``ensemble`` to unlabelled ``frames`` (n, H, W) of known pixel size, round by round.
+    """Adapt ``ensemble`` to unlabelled ``frames`` of known pixel size, round by round.
 
-    ``truth`` (atoms per frame, row/col px), when given, adds F1 to the history; ``source``
-    (images, masks) are labelled frames mixed in so that the models do not forget; training
-    uses tiles of their size (else ``tile_px``). Round ``k`` is saved in ``out_dir/round_k``; a rerun resumes from the rounds on disk.
+    ``frames`` is an (n, H, W) stack with one pixel size, or a list of frames of any shapes with a
+    pixel size each (A/px). ``truth`` (atoms per frame, row/col px), when given, adds F1 to the
+    history; ``source`` (images, masks) are labelled frames mixed in so that the models do not
+    forget; training uses tiles of their size (else ``tile_px``). Round ``k`` is saved in
+    ``out_dir/round_k``; a rerun resumes from the rounds on disk.
     """
     config = config or AdaptConfig()
-    frames = np.asarray(frames, np.float32)
-    if frames.ndim == 2:
-        frames = frames[None]
-    if frames.ndim != 3 or not np.isfinite(frames).all():
-        raise ValueError(f"frames must be a finite (n, H, W) stack, got shape {frames.shape}")
-    if sampling_A_per_px is None:
-        raise ValueError("The frames' pixel size is unknown: pass sampling_A_per_px (A/px); adapting without it would teach the wrong atom size.")
-    sampling = check_sampling(sampling_A_per_px)
+    frames, samplings = _checked_frames(frames, sampling_A_per_px)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    factor = sampling / ensemble.sampling_A_per_px  # frames are resampled to the training pixel size
-    work = np.stack([resize(f, (round(f.shape[0] * factor), round(f.shape[1] * factor)), order=1, preserve_range=True) for f in frames]).astype(np.float32)
-    tile = min(tile_px if source is None else source[0].shape[-1], *work.shape[1:])
+    work = [_resample(frame, s / ensemble.sampling_A_per_px) for frame, s in zip(frames, samplings)]  # at the training pixel size
+    tile = min(tile_px if source is None else source[0].shape[-1], *(side for w in work for side in w.shape))
     tile -= tile % 8
-    row, previous_found = _score(ensemble, frames, sampling, truth, config.threshold)
+    row, previous_found = _score(ensemble, frames, samplings, truth, config.threshold)
     history = [{"round": 0, **row}]
     current = ensemble
     for round_index in range(1, config.rounds + 1):
         folder = out / f"round_{round_index}"
-        prediction = current.predict(work)
-        labels = [pseudo_labels(uncertainty_maps(prediction.members[:, i]), config, current.sampling_A_per_px) for i in range(len(work))]
+        labels = [pseudo_labels(current.predict(w), config, current.sampling_A_per_px) for w in work]
         current = _fine_tune(current, work, labels, source, folder, config, round_index, tile, progress)
-        row, found = _score(current, frames, sampling, truth, config.threshold)
-        agreement = pooled_scores(found, previous_found, sampling, 0.5).f1
+        row, found = _score(current, frames, samplings, truth, config.threshold)
+        agreement = pooled_scores(found, previous_found, samplings, 0.5).f1
         history.append({"round": round_index, **row, "pseudo_labels": sum(n for _, _, n in labels), "agreement_with_previous": agreement})
         previous_found = found
         if round_index >= 2 and should_stop(history[-2]["mean_mi_nats"], history[-1]["mean_mi_nats"], agreement, config.stop_change):
@@ -191,8 +225,8 @@ def _fine_tune(
 ) -> Ensemble:
     """Fine-tune every member on the pseudo-labelled tiles (plus source tiles); save as ``folder``."""
     images = _tiles(work, tile)
-    masks = _tiles(np.stack([m for m, _, _ in labels]), tile)
-    weights = _tiles(np.stack([w for _, w, _ in labels]), tile)
+    masks = _tiles([m for m, _, _ in labels], tile)
+    weights = _tiles([w for _, w, _ in labels], tile)
     if source is not None and config.source_fraction > 0:
         n_source = max(1, round(len(images) * config.source_fraction / (1 - config.source_fraction)))
         pick = np.random.default_rng(round_index).choice(len(source[0]), size=min(n_source, len(source[0])), replace=False)
@@ -224,6 +258,68 @@ def _fine_tune(
             member = {**record, "seed": seed, "seconds": seconds / len(seeds), "loss_history": history[:, index].tolist(), "versions": package_versions()}
             _save_member(folder, seed, tuned.member_state_dict(index), member)
     return Ensemble.load(folder, seeds=ensemble.seeds, device=ensemble.device)
+
+
+def compare_with_baselines(
+    ensemble: Ensemble,
+    frames: np.ndarray,
+    sampling_A_per_px: float,
+    out_dir: str | Path,
+    config: AdaptConfig,
+    truth: list[np.ndarray],
+    source: tuple[np.ndarray, np.ndarray] | None = None,
+    true_masks: np.ndarray | None = None,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """ELIT and its baselines on the same frames, each a history of rounds (see :func:`adapt`).
+
+    * ``ELIT``: the ensemble, confident atoms as labels, uncertain regions masked out;
+    * ``plain``: the same ensemble, every atom above the threshold a label, no mask (the paper's scheme);
+    * ``single network``: one member adapting alone on its own atoms (self-training without an ensemble);
+    * ``no adaptation``: the source ensemble as it is;
+    * ``true labels`` (when ``true_masks`` are given): the same fine-tuning with the simulator's
+      labels, the ceiling that pseudo-labels can at best reach.
+
+    Each method works in its own subfolder of ``out_dir``, so each resumes on its own.
+    """
+    out = Path(out_dir)
+    runs = {
+        "ELIT": adapt(ensemble, frames, sampling_A_per_px, out / "elit", config, truth, source, progress=progress),
+        "plain": adapt(ensemble, frames, sampling_A_per_px, out / "plain", dataclasses.replace(config, mask_uncertain=False), truth, source, progress=progress),
+        "single network": adapt(ensemble.subset(1), frames, sampling_A_per_px, out / "single", config, truth, source, progress=progress),
+    }
+    histories = {name: run.history for name, run in runs.items()}
+    histories["no adaptation"] = histories["ELIT"][:1]
+    if true_masks is not None:
+        histories["true labels"] = _fine_tune_on_true_labels(
+            ensemble, frames, sampling_A_per_px, out / "true_labels", config, truth, source, true_masks, progress
+        )
+    return histories
+
+
+def _fine_tune_on_true_labels(
+    ensemble: Ensemble,
+    frames: np.ndarray,
+    sampling: float,
+    out: Path,
+    config: AdaptConfig,
+    truth: list,
+    source: tuple | None,
+    true_masks: np.ndarray,
+    progress: bool,
+) -> list[dict]:
+    """One round of the same fine-tuning budget as all of ELIT's rounds, with the simulator's labels."""
+    if abs(sampling - ensemble.sampling_A_per_px) > 1e-6:
+        raise ValueError("true-label fine-tuning needs frames at the ensemble's pixel size")
+    frames = list(np.asarray(frames, np.float32))
+    labels = [(mask.astype(bool), np.ones(mask.shape, bool), 0) for mask in true_masks]
+    budget = dataclasses.replace(config, iterations_per_round=config.iterations_per_round * config.rounds)
+    tile = min(source[0].shape[-1] if source is not None else 128, *frames[0].shape)
+    tuned = _fine_tune(ensemble, frames, labels, source, out, budget, 1, tile - tile % 8, progress)
+    samplings = [sampling] * len(frames)
+    before, _ = _score(ensemble, frames, samplings, truth, config.threshold)
+    after, _ = _score(tuned, frames, samplings, truth, config.threshold)
+    return [{"round": 0, **before}, {"round": config.rounds, **after}]
 
 
 def _write_history(out: Path, history: list[dict]) -> None:

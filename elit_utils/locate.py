@@ -56,6 +56,7 @@ class AtomTable:
         aleatoric (the better detector of a wrong atom).
     variance: mean variance of the members' probabilities in the footprint.
     vote_fraction: fraction of members whose own map exceeds the threshold in the footprint.
+    member_peaks: each member's highest probability in the footprint, (N members, k atoms).
     """
 
     rows_px: np.ndarray
@@ -65,6 +66,7 @@ class AtomTable:
     entropy: np.ndarray
     variance: np.ndarray
     vote_fraction: np.ndarray
+    member_peaks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows_px)
@@ -124,8 +126,22 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     information = np.asarray(ndimage.mean(prediction.mutual_information, regions, kept)).reshape(-1)
     entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
     variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)
-    votes = np.array([ndimage.maximum(member, regions, kept) for member in members]).reshape(len(members), -1) > threshold
-    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, votes.mean(axis=0))
+    peaks = member_peaks(members, regions, kept)
+    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, (peaks > threshold).mean(axis=0), peaks)
+
+
+def member_peaks(members: np.ndarray, regions: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Each member's highest probability inside each atom's footprint, (N members, k atoms).
+
+    ``regions`` labels the footprints (as from ``scipy.ndimage.label``) and ``index`` lists the
+    labels of the atoms wanted. A member "votes" for an atom when its peak exceeds the threshold.
+
+    >>> members = np.zeros((2, 6, 6)); members[0, 1, 1] = 0.9; members[1, 1, 1] = 0.2
+    >>> regions = np.zeros((6, 6), int); regions[0:3, 0:3] = 1
+    >>> member_peaks(members, regions, np.array([1])).tolist()
+    [[0.9], [0.2]]
+    """
+    return np.array([ndimage.maximum(member, regions, index) for member in members], float).reshape(len(members), -1)
 
 
 def vote_locate(member_probabilities: np.ndarray, threshold: float = 0.5, eps_px: float = 3.0, min_vote_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,12 +150,14 @@ def pixel_iou(predicted_mask: np.ndarray, true_mask: np.ndarray) -> float:
 def pooled_scores(
     found: list[np.ndarray],
     true: list[np.ndarray],
-    sampling_A_per_px: float,
+    sampling_A_per_px: float | Sequence[float],
     tolerance_A: float = 0.5,
-    frame_shape: tuple[int, int] | None = None,
+    frame_shape: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
     border_A: float = 0.0,
 ) -> DetectionScores:
     """Scores over many frames, pooling the counts (micro-average) and the matched distances.
+
+    ``sampling_A_per_px`` and ``frame_shape`` are one value for all frames or one per frame.
 
     >>> a = np.array([[5.0, 5.0]])
     >>> pooled_scores([a, a], [a, np.empty((0, 2))], 0.1).precision
@@ -162,7 +165,9 @@ def pooled_scores(
     """
     if len(found) != len(true):
         raise ValueError(f"{len(found)} frames of found atoms but {len(true)} of true atoms")
-    per_frame = [detection_scores(f, t, sampling_A_per_px, tolerance_A, frame_shape, border_A) for f, t in zip(found, true)]
+    samplings = sampling_A_per_px if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * len(found)
+    shapes = frame_shape if frame_shape is not None and np.ndim(frame_shape[0]) == 1 else [frame_shape] * len(found)
+    per_frame = [detection_scores(f, t, s, tolerance_A, shape, border_A) for f, t, s, shape in zip(found, true, samplings, shapes)]
     n_found = sum(s.n_found for s in per_frame)
     n_true = sum(s.n_true for s in per_frame)
     n_matched = sum(s.n_matched for s in per_frame)

@@ -161,6 +161,64 @@ def risk_coverage(uncertainty: np.ndarray, correct: np.ndarray, coverages: np.nd
     return coverages, np.array(precision)
 
 
+def threshold_for_precision(uncertainty: np.ndarray, correct: np.ndarray, target_precision: float) -> float:
+    """The largest uncertainty limit at which the atoms kept (uncertainty <= limit) reach ``target_precision``.
+
+    Returns -inf when even the single most certain atom is wrong (no limit works).
+
+    >>> threshold_for_precision(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 1]), 0.75)
+    0.4
+    >>> threshold_for_precision(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 1, 0, 1]), 0.9)
+    0.2
+    """
+    uncertainty = np.asarray(uncertainty, float)
+    order = np.argsort(uncertainty, kind="mergesort")
+    precision = np.cumsum(np.asarray(correct, float)[order]) / np.arange(1, len(order) + 1)
+    good = np.flatnonzero(precision >= target_precision)
+    return float(uncertainty[order[good[-1]]]) if len(good) else -np.inf
+
+
+#: Kinds of atomic site whose uncertainty :func:`site_uncertainty` compares.
+SITE_KINDS = ("C in the lattice", "C, under-coordinated", "Si dopant", "near the frame edge")
+
+
+def site_kinds(true_atoms: np.ndarray, sampling_A_per_px: float, frame_shape: tuple[int, int], edge_A: float = 2.0, bond_A: float = 1.8) -> np.ndarray:
+    """The kind of each true atom (row px, col px, class 0 = C / 1 = Si), one of :data:`SITE_KINDS`.
+
+    An atom within ``edge_A`` of the frame edge is "near the frame edge" (its neighbours may be
+    outside the frame); else Si is a dopant; else C with fewer than three neighbours within
+    ``bond_A`` is under-coordinated (edges of holes, defects).
+
+    >>> atoms = np.array([[50, 50, 0], [50, 64.2, 0], [37.7, 42.9, 0], [62.3, 42.9, 1], [1, 1, 0]])
+    >>> site_kinds(atoms, 0.1, (100, 100)).tolist()
+    ['C in the lattice', 'C, under-coordinated', 'C, under-coordinated', 'Si dopant', 'near the frame edge']
+    """
+    from scipy.spatial import cKDTree
+
+    atoms = np.asarray(true_atoms, float).reshape(-1, 3)
+    positions_A = atoms[:, :2] * sampling_A_per_px
+    neighbours = np.array([len(n) - 1 for n in cKDTree(positions_A).query_ball_point(positions_A, bond_A)]) if len(atoms) else np.empty(0)
+    edge_distance_A = np.minimum(atoms[:, :2], np.array(frame_shape) - 1 - atoms[:, :2]).min(axis=1) * sampling_A_per_px
+    kinds = np.where(neighbours < 3, SITE_KINDS[1], SITE_KINDS[0]).astype(object)
+    kinds[atoms[:, 2] == 1] = SITE_KINDS[2]
+    kinds[edge_distance_A < edge_A] = SITE_KINDS[3]
+    return kinds.astype(str)
+
+
+def site_uncertainty(prediction: object, true_atoms: np.ndarray, tolerance_A: float = 0.5) -> dict[str, np.ndarray]:
+    """Per true atom of one frame: its site kind, whether the ensemble found it, and the found atom's entropy and MI (nan if missed).
+
+    ``prediction`` is a one-frame ensemble prediction with its pixel size; ``true_atoms`` (k, 3) row, col, class.
+    """
+    sampling = prediction.sampling_A_per_px
+    table = locate_atoms(prediction)
+    found_index, true_index = match_atoms(table.coordinates_px, np.asarray(true_atoms)[:, :2], tolerance_A / sampling)
+    entropy, information = np.full(len(true_atoms), np.nan), np.full(len(true_atoms), np.nan)
+    entropy[true_index] = table.entropy[found_index]
+    information[true_index] = table.mutual_information[found_index]
+    return {"kind": site_kinds(true_atoms, sampling, prediction.mean.shape), "found": ~np.isnan(entropy), "entropy": entropy, "mutual_information": information}
+
+
 # --------------------------------------------------------------------------- baseline
 
 
@@ -257,7 +315,7 @@ def evaluate_point(
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
     mean_found, uncertainty, entropy, correct = [], [], [], []
     for index in range(len(data)):
-        frame = _frame_prediction(prediction, index)
+        frame = prediction.frame(index)
         table = locate_atoms(frame)
         mean_found.append(table.coordinates_px)
         matched, _ = match_atoms(table.coordinates_px, truth[index], tolerance_A / sampling)
@@ -287,12 +345,6 @@ def evaluate_point(
         prediction.mutual_information.ravel()[pick],
         example,
     )
-
-
-def _frame_prediction(prediction: object, index: int) -> object:
-    from .ensemble import uncertainty_maps
-
-    return uncertainty_maps(prediction.members[:, index], prediction.sampling_A_per_px)
 
 
 def sweep(

@@ -153,9 +153,15 @@ def show_probes(probes: dict[str, np.ndarray], sampling_A_per_px: float, fwhm_A:
 
 
 def show_atoms_with_uncertainty(
-    image: np.ndarray, rows_px: np.ndarray, cols_px: np.ndarray, uncertainty: np.ndarray, sampling_A_per_px: float | None, title: str = ""
+    image: np.ndarray,
+    rows_px: np.ndarray,
+    cols_px: np.ndarray,
+    uncertainty: np.ndarray,
+    sampling_A_per_px: float | None,
+    title: str = "",
+    quantity: str = "mutual information",
 ) -> Figure:
-    """A micrograph with found atoms as rings coloured by their uncertainty (MI, nats), with a colourbar.
+    """A micrograph with found atoms as rings coloured by their uncertainty (nats), with a colourbar.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> fig = show_atoms_with_uncertainty(np.random.rand(32, 32), np.array([5.0]), np.array([6.0]), np.array([0.1]), 0.1)
@@ -163,13 +169,86 @@ def show_atoms_with_uncertainty(
     'atom uncertainty: mutual information (nats)'
     """
     fig, ax = plt.subplots(figsize=(5.6, 5))
-    show_micrograph(ax, image, sampling_A_per_px, title)
-    scale = ScalarMappable(Normalize(0, max(float(np.max(uncertainty, initial=0)), 0.05)), cmap="viridis")
-    ax.scatter(cols_px, rows_px, s=22, facecolors="none", edgecolors=scale.to_rgba(np.asarray(uncertainty)), linewidths=1.3)
-    bar = fig.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label("atom uncertainty: mutual information (nats)")
+    draw_atoms_with_uncertainty(ax, image, rows_px, cols_px, uncertainty, sampling_A_per_px, title, quantity)
     fig.tight_layout()
     return fig
+
+
+def draw_atoms_with_uncertainty(
+    ax: Axes,
+    image: np.ndarray,
+    rows_px: np.ndarray,
+    cols_px: np.ndarray,
+    uncertainty: np.ndarray,
+    sampling_A_per_px: float | None,
+    title: str = "",
+    quantity: str = "mutual information",
+    vmax: float | None = None,
+) -> None:
+    """Draw :func:`show_atoms_with_uncertainty`'s picture on ``ax`` (for figures with several panels)."""
+    show_micrograph(ax, image, sampling_A_per_px, title)
+    top = vmax if vmax is not None else max(float(np.max(uncertainty, initial=0)), 0.05)
+    scale = ScalarMappable(Normalize(0, top), cmap="viridis")
+    ax.scatter(cols_px, rows_px, s=22, facecolors="none", edgecolors=scale.to_rgba(np.asarray(uncertainty)), linewidths=1.3)
+    bar = ax.figure.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(f"atom uncertainty: {quantity} (nats)")
+
+
+def show_member_maps(members: np.ndarray, sampling_A_per_px: float | None = None, columns: int = 5) -> Figure:
+    """Member disagreement at a glance: each member's probability map, then their variance.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_member_maps(np.random.rand(3, 16, 16))
+    >>> [ax.get_title() for ax in fig.axes if ax.get_visible()][2:4]
+    ['member 3', 'variance over members']
+    """
+    members = np.asarray(members)
+    n = len(members) + 1
+    cols = min(columns, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.6 * rows + 0.2), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    panels = [(member, f"member {i + 1}", "magma", 1.0) for i, member in enumerate(members)]
+    panels.append((members.var(axis=0), "variance over members", "viridis", None))
+    for ax, (array, title, cmap, top) in zip(axes.flat, panels):
+        shown = ax.imshow(array, cmap=cmap, vmin=0, vmax=top)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if sampling_A_per_px is not None:
+        add_scalebar(axes.flat[0], sampling_A_per_px, members.shape[-1])
+    fig.colorbar(shown, ax=axes.flat[n - 1], fraction=0.046, pad=0.04).set_label("variance")
+    return fig
+
+
+def plot_uncertainty_histograms(groups: dict[str, np.ndarray], quantity: str = "predictive entropy") -> Figure:
+    """Per-atom uncertainty (nats) of several groups (e.g. in and out of distribution), as overlaid step histograms.
+
+    Step outlines with different line styles stay readable in greyscale print.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> plot_uncertainty_histograms({"in": np.random.rand(50) * 0.3, "out": np.random.rand(50)}).axes[0].get_xlabel()
+    'atom predictive entropy (nats)'
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    values = np.concatenate([np.asarray(v, float) for v in groups.values()])
+    bins = np.linspace(0, max(float(values.max(initial=0)), 1e-3), 30)
+    for (name, scores), style in zip(groups.items(), ("-", "--", ":", "-.")):
+        ax.hist(scores, bins=bins, histtype="step", lw=1.8, ls=style, density=True, label=f"{name} ({len(scores)} atoms)")
+    ax.set(xlabel=f"atom {quantity} (nats)", ylabel="density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def draw_member_votes(ax: Axes, peaks: np.ndarray, threshold: float = 0.5) -> None:
+    """Bar chart of each member's peak probability for one atom, with the threshold that counts as a vote."""
+    peaks = np.asarray(peaks, float)
+    ax.bar(np.arange(1, len(peaks) + 1), peaks, color=["black" if p > threshold else "0.7" for p in peaks], edgecolor="black")
+    ax.axhline(threshold, color="#d95f02", ls="--", lw=1.2, label=f"vote threshold {threshold:g}")
+    ax.set(xlabel="member", ylabel="peak probability in footprint", ylim=(0, 1.02), xticks=np.arange(1, len(peaks) + 1))
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def show_uncertainty_maps(image: np.ndarray, prediction: object, sampling_A_per_px: float | None, title: str = "") -> Figure:
@@ -288,4 +367,109 @@ def plot_shift_scores(groups: dict[str, np.ndarray], marks: dict[str, float] | N
     ax.set(xlabel="frame shift score: mean mutual information (nats)", ylabel="frames")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+METHOD_STYLES = {  # one style per adaptation method, told apart in greyscale by line style and marker
+    "ELIT": {"color": "black", "lw": 2.4, "marker": "o", "ls": "-"},
+    "plain": {"color": "#1b9e77", "lw": 1.6, "marker": "s", "ls": "--"},
+    "single network": {"color": "#7570b3", "lw": 1.6, "marker": "^", "ls": "-."},
+    "no adaptation": {"color": "0.55", "lw": 1.2, "marker": "", "ls": ":"},
+    "true labels": {"color": "#d95f02", "lw": 1.2, "marker": "*", "ls": (0, (1, 3))},
+}
+
+
+def label_composite(label_mask: np.ndarray, loss_weight: np.ndarray) -> np.ndarray:
+    """Pseudo-labels as one greyscale picture: 1 = atom label, 0.5 = left out of the loss, 0 = background.
+
+    >>> label_composite(np.array([[True, False, False]]), np.array([[True, False, True]])).tolist()
+    [[1.0, 0.5, 0.0]]
+    """
+    return np.where(~np.asarray(loss_weight, bool), 0.5, np.asarray(label_mask, float))
+
+
+def show_pseudo_labels(
+    image: np.ndarray, mean_probability: np.ndarray, label_mask: np.ndarray, loss_weight: np.ndarray, sampling_A_per_px: float | None
+) -> Figure:
+    """The frame, the ensemble's mean probability, and the pseudo-labels it yields (grey: left out of the loss).
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_pseudo_labels(np.random.rand(16, 16), np.random.rand(16, 16), np.eye(16, dtype=bool), np.ones((16, 16), bool), 0.1)
+    >>> [ax.get_title() for ax in fig.axes[:3]]
+    ['frame', 'mean probability of "atom"', 'pseudo-labels']
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    show_micrograph(axes[0], image, sampling_A_per_px, "frame")
+    shown = axes[1].imshow(mean_probability, cmap="magma", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04).set_label("probability")
+    axes[1].set_title('mean probability of "atom"', fontsize=10)
+    axes[2].imshow(label_composite(label_mask, loss_weight), cmap="gray", vmin=0, vmax=1)
+    axes[2].set_title("pseudo-labels", fontsize=10)
+    handles = [Rectangle((0, 0), 1, 1, color=str(level), ec="black", lw=0.5) for level in (1.0, 0.5, 0.0)]
+    axes[2].legend(
+        handles, ["atom label", "left out of the loss", "background"], loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=7, frameon=False
+    )
+    for ax in axes[1:]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_adaptation(histories: dict[str, list[dict]]) -> Figure:
+    """F1 (left) and mean mutual information of the frames (right) per round, one line per method.
+
+    ``histories`` maps a method (``ELIT``, ``plain``, ``single network``, ``no adaptation``,
+    ``true labels``) to its rows from :func:`~elit_utils.iterate.adapt`; a one-row history
+    (no adaptation) is drawn level across all rounds.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> rows = [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]
+    >>> [ax.get_ylabel() for ax in plot_adaptation({"ELIT": rows, "no adaptation": rows[:1]}).axes]
+    ['F1 (atoms within 0.5 Å)', 'mean mutual information (nats)']
+    """
+    last_round = max(row["round"] for rows in histories.values() for row in rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for name, rows in histories.items():
+        style = METHOD_STYLES.get(name, {"lw": 1.2})
+        rounds = [row["round"] for row in rows] if len(rows) > 1 else [0, last_round]
+        for ax, key in ((left, "f1"), (right, "mean_mi_nats")):
+            values = [row[key] for row in rows] if len(rows) > 1 else [rows[0][key]] * 2
+            if key in rows[0]:
+                ax.plot(rounds, values, label=name, ms=6, **style)
+    left.set(xlabel="round", ylabel="F1 (atoms within 0.5 Å)", title="atoms found")
+    right.set(xlabel="round", ylabel="mean mutual information (nats)", title="uncertainty on the frames")
+    for ax in (left, right):
+        ax.set_xticks(range(last_round + 1))
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_rounds(image: np.ndarray, rounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], sampling_A_per_px: float | None) -> Figure:
+    """Rounds side by side: the pseudo-labels (top) and the mutual information map (bottom, one shared scale).
+
+    ``rounds`` maps a round number to (label mask, loss weight, mutual information map) of one frame.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> maps = (np.eye(16, dtype=bool), np.ones((16, 16), bool), np.random.rand(16, 16))
+    >>> fig = show_rounds(np.random.rand(16, 16), {0: maps, 3: maps}, 0.1)
+    >>> [ax.get_title() for ax in fig.axes[:3]]
+    ['frame', 'pseudo-labels, round 0', 'pseudo-labels, round 3']
+    """
+    n = len(rounds)
+    top_mi = max(float(np.max(mi)) for _, _, mi in rounds.values()) or 1e-3
+    fig, axes = plt.subplots(2, n + 1, figsize=(3.0 * (n + 1) + 0.8, 6.2), squeeze=False)
+    show_micrograph(axes[0, 0], image, sampling_A_per_px, "frame")
+    axes[1, 0].set_visible(False)
+    for column, (number, (mask, weight, mi)) in enumerate(rounds.items(), start=1):
+        axes[0, column].imshow(label_composite(mask, weight), cmap="gray", vmin=0, vmax=1)
+        axes[0, column].set_title(f"pseudo-labels, round {number}", fontsize=10)
+        shown = axes[1, column].imshow(mi, cmap="viridis", vmin=0, vmax=top_mi)
+        axes[1, column].set_title(f"mutual information, round {number}", fontsize=10)
+        for ax in axes[:, column]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(shown, ax=list(axes[1, 1:]), fraction=0.03, pad=0.02).set_label("nats")
     return fig

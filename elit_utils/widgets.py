@@ -20,8 +20,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
+from .locate import AtomTable, locate_atoms
+from .metrics import detection_scores
 from .simulate import DOMAINS, SampleSpec, SimulatedImage, simulate_image
-from .viz import show_micrograph
+from .viz import draw_atoms_with_uncertainty, draw_member_votes, label_composite, show_micrograph
+
+MAPS = {
+    "mean probability": ("mean", "magma"),
+    "variance": ("variance", "viridis"),
+    "predictive entropy": ("entropy", "viridis"),
+    "mutual information": ("mutual_information", "viridis"),
+}
+ATOM_UNCERTAINTIES = {"predictive entropy": "entropy", "mutual information": "mutual_information"}
+
+
+def _show(output: widgets.Output, fig: object) -> None:
+    """Replace what ``output`` shows by ``fig`` (works headless too: the figure is stored as display data)."""
+    output.outputs = ()
+    output.append_display_data(fig)
+    plt.close(fig)
 
 
 class SimulationPreview:
@@ -82,9 +99,7 @@ class SimulationPreview:
         )
         fig, ax = plt.subplots(figsize=(4, 4))
         show_micrograph(ax, self.frame.image, conditions.sampling_A_per_px, "simulated frame")
-        self.output.outputs = ()
-        self.output.append_display_data(fig)
-        plt.close(fig)
+        _show(self.output, fig)
 
 
 def simulation_preview(image_size_px: int = 128, seed: int = 0) -> SimulationPreview:
@@ -139,13 +154,158 @@ class SweepExplorer:
             ax.set_yticks([])
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
-        self.output.outputs = ()
-        self.output.append_display_data(fig)
-        plt.close(fig)
+        _show(self.output, fig)
 
 
 def sweep_explorer(points_by_axis: dict[str, list], units: dict[str, str]) -> SweepExplorer:
     """Build and display the sweep explorer (returned so that tests can move it)."""
     explorer = SweepExplorer(points_by_axis, units)
+    display(explorer.widget)
+    return explorer
+
+
+class UncertaintyExplorer:
+    """Explore an ensemble's uncertainty on several frames (simulated or real).
+
+    ``frames`` maps a name to ``(image, prediction, truth)``: the image, its one-frame
+    :class:`~elit_utils.ensemble.Prediction` and, when known, the true atoms (row, col px) or None.
+    Controls: the frame, the map shown (mean, variance, entropy, MI), which atom uncertainty
+    to threshold and the threshold (atoms above it are dropped: the text gives how many are kept
+    and, with ground truth, the F1 of the kept atoms), and an atom (most uncertain first) whose
+    members' votes are drawn. Atoms are found once per frame, so every update only slices arrays.
+    """
+
+    def __init__(self, frames: dict[str, tuple[np.ndarray, object, np.ndarray | None]], tolerance_A: float = 0.5) -> None:
+        self.frames = frames
+        self.tolerance_A = tolerance_A
+        self.atoms: dict[str, AtomTable] = {name: locate_atoms(prediction) for name, (_, prediction, _) in frames.items()}
+        self.frame = widgets.Dropdown(options=list(frames), description="frame")
+        self.map = widgets.ToggleButtons(options=list(MAPS), value="mutual information", description="map")
+        self.measure = widgets.Dropdown(options=list(ATOM_UNCERTAINTIES), description="atom uncertainty")
+        self.threshold = widgets.FloatSlider(value=0.7, min=0.0, max=0.7, step=0.005, readout_format=".3f", description="keep ≤ (nats)")
+        self.atom = widgets.IntSlider(value=0, min=0, max=0, description="atom (rank)")
+        self.summary = widgets.HTML()
+        self.output = widgets.Output()
+        for control in (self.frame, self.map, self.measure, self.threshold, self.atom):
+            control.observe(self._redraw, names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.frame, self.measure]), self.map, widgets.HBox([self.threshold, self.atom]), self.summary, self.output])
+        self._redraw()
+
+    def kept(self) -> np.ndarray:
+        """Mask of the current frame's atoms whose chosen uncertainty is at most the threshold."""
+        return getattr(self.atoms[self.frame.value], ATOM_UNCERTAINTIES[self.measure.value]) <= self.threshold.value
+
+    def selected_atom(self) -> int:
+        """Index of the chosen atom (rank 0 = the most uncertain of the frame)."""
+        uncertainty = getattr(self.atoms[self.frame.value], ATOM_UNCERTAINTIES[self.measure.value])
+        order = np.argsort(-uncertainty, kind="stable")
+        return int(order[min(self.atom.value, len(order) - 1)]) if len(order) else -1
+
+    def select_nearest(self, row_px: float, col_px: float) -> None:
+        """Choose the atom nearest to a point (e.g. a click on the image)."""
+        atoms = self.atoms[self.frame.value]
+        if not len(atoms):
+            return
+        index = int(np.argmin(np.hypot(atoms.rows_px - row_px, atoms.cols_px - col_px)))
+        uncertainty = getattr(atoms, ATOM_UNCERTAINTIES[self.measure.value])
+        self.atom.value = int(np.flatnonzero(np.argsort(-uncertainty, kind="stable") == index)[0])
+
+    def _describe(self, atoms: AtomTable, kept: np.ndarray, truth: np.ndarray | None, sampling: float | None) -> str:
+        text = f"kept <b>{kept.sum()}</b> of {len(atoms)} atoms ({kept.mean() if len(atoms) else 0:.0%})"
+        if truth is not None and sampling is not None:
+            scores = detection_scores(atoms.coordinates_px[kept], truth, sampling, self.tolerance_A)
+            text += f"; F1 of the kept atoms <b>{scores.f1:.3f}</b> (precision {scores.precision:.3f}, recall {scores.recall:.3f})"
+        return text
+
+    def _redraw(self, change: object = None) -> None:
+        image, prediction, truth = self.frames[self.frame.value]
+        atoms = self.atoms[self.frame.value]
+        self.atom.max = max(len(atoms) - 1, 0)
+        kept = self.kept()
+        chosen = self.selected_atom()
+        self.summary.value = self._describe(atoms, kept, truth, prediction.sampling_A_per_px)
+        key, cmap = MAPS[self.map.value]
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.15, 1.15, 0.8]})
+        uncertainty = getattr(atoms, ATOM_UNCERTAINTIES[self.measure.value])
+        draw_atoms_with_uncertainty(
+            axes[0],
+            image,
+            atoms.rows_px[kept],
+            atoms.cols_px[kept],
+            uncertainty[kept],
+            prediction.sampling_A_per_px,
+            "kept atoms",
+            self.measure.value,
+            vmax=0.7,
+        )
+        axes[0].scatter(atoms.cols_px[~kept], atoms.rows_px[~kept], marker="x", s=18, color="#d95f02", label="dropped")
+        shown = axes[1].imshow(getattr(prediction, key), cmap=cmap, vmin=0)
+        fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04).set_label("probability" if key == "mean" else "nats" if key != "variance" else "variance")
+        axes[1].set_title(self.map.value, fontsize=10)
+        axes[1].set_xticks([])
+        axes[1].set_yticks([])
+        if chosen >= 0:
+            for ax in axes[:2]:
+                ax.scatter([atoms.cols_px[chosen]], [atoms.rows_px[chosen]], s=160, facecolors="none", edgecolors="red", linewidths=2)
+            draw_member_votes(axes[2], atoms.member_peaks[:, chosen])
+            axes[2].set_title(f"atom rank {self.atom.value}: {self.measure.value} {uncertainty[chosen]:.3f} nats", fontsize=9)
+        fig.tight_layout()
+        _show(self.output, fig)
+
+
+def uncertainty_explorer(frames: dict[str, tuple[np.ndarray, object, np.ndarray | None]], tolerance_A: float = 0.5) -> UncertaintyExplorer:
+    """Build and display the uncertainty explorer (returned so that tests can move it)."""
+    explorer = UncertaintyExplorer(frames, tolerance_A)
+    display(explorer.widget)
+    return explorer
+
+
+class RoundExplorer:
+    """Step through the rounds of iterative training on one frame: pseudo-labels and uncertainty.
+
+    ``rounds`` maps a round number to (label mask, loss weight, mutual information map);
+    ``history`` is :func:`~elit_utils.iterate.adapt`'s list of rows (F1 shown when present).
+    """
+
+    def __init__(
+        self, image: np.ndarray, rounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], history: list[dict], sampling_A_per_px: float | None
+    ) -> None:
+        self.image, self.rounds, self.sampling_A_per_px = image, rounds, sampling_A_per_px
+        self.history = {row["round"]: row for row in history}
+        self.top_mi = max(float(np.max(mi)) for _, _, mi in rounds.values()) or 1e-3
+        self.round = widgets.SelectionSlider(options=sorted(rounds), description="round")
+        self.summary = widgets.HTML()
+        self.output = widgets.Output()
+        self.round.observe(self._redraw, names="value")
+        self.widget = widgets.VBox([self.round, self.summary, self.output])
+        self._redraw()
+
+    def _redraw(self, change: object = None) -> None:
+        number = self.round.value
+        mask, weight, mi = self.rounds[number]
+        row = self.history.get(number, {})
+        score = f", F1 <b>{row['f1']:.3f}</b>" if "f1" in row else ""
+        self.summary.value = (
+            f"round {number}: {int(mask.sum())} label pixels, {1 - weight.mean():.1%} left out of the loss, mean MI {mi.mean():.4f} nats{score}"
+        )
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.7))
+        show_micrograph(axes[0], self.image, self.sampling_A_per_px, "frame")
+        axes[1].imshow(label_composite(mask, weight), cmap="gray", vmin=0, vmax=1)
+        axes[1].set_title(f"pseudo-labels, round {number}", fontsize=10)
+        shown = axes[2].imshow(mi, cmap="viridis", vmin=0, vmax=self.top_mi)
+        axes[2].set_title(f"mutual information, round {number}", fontsize=10)
+        fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.04).set_label("nats")
+        for ax in axes[1:]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        _show(self.output, fig)
+
+
+def round_explorer(
+    image: np.ndarray, rounds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], history: list[dict], sampling_A_per_px: float | None
+) -> RoundExplorer:
+    """Build and display the round explorer (returned so that tests can move it)."""
+    explorer = RoundExplorer(image, rounds, history, sampling_A_per_px)
     display(explorer.widget)
     return explorer

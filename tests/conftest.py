@@ -21,6 +21,9 @@ def isolated_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ELIT_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("ELIT_PROFILE", "smoke")
     yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 needs_experimental = pytest.mark.skipif(not EXPERIMENTAL.is_dir(), reason="shared experimental images not present")

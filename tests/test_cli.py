@@ -11,11 +11,11 @@ from elit_utils.cli import build_parser, main
 
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "elit_utils.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("reproduce", "simulate", "train", "predict", "info"):
+    for command in ("reproduce", "simulate", "train", "predict", "adapt", "info"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["reproduce", "simulate", "train", "predict", "info"])
+@pytest.mark.parametrize("command", ["reproduce", "simulate", "train", "predict", "adapt", "info"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -100,3 +100,29 @@ def test_train_then_predict_writes_atoms_with_uncertainty(tmp_path, capsys):
     assert (tmp_path / "out" / "frame.png").stat().st_size > 0
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_adapt_writes_rounds_history_and_atoms_and_refuses_bad_frames(tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(model)]) == 0
+    rng = np.random.default_rng(0)
+    frames = [tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "broken.npy"]
+    for frame, image in zip(frames, [rng.random((48, 48)), rng.random((40, 64)), np.full((48, 48), np.nan)]):
+        np.save(frame, image)
+    out = tmp_path / "adapted"
+
+    def adapt(*options_and_frames):
+        return main(["adapt", "--model", str(model), "--rounds", "1", "--iterations", "2", "--out", str(out), *map(str, options_and_frames)])
+
+    assert adapt(*frames[:2]) == 2
+    assert "no pixel size" in capsys.readouterr().err
+    assert adapt("--sampling", "0.1", *frames) == 2
+    assert "broken.npy" in (err := capsys.readouterr().err) and "NaN" in err
+    assert adapt("--sampling", "0.1", *frames[:2]) == 0
+    assert (out / "round_1" / "member_0000.safetensors").exists()
+    assert (out / "history.csv").read_text().startswith("round,")
+    assert (out / "atoms" / "a.csv").read_text().startswith("row_px,col_px")
+    before = (out / "atoms" / "b.csv").read_text()
+    assert adapt("--sampling", "0.1", *frames[:2]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (out / "atoms" / "b.csv").read_text() == before

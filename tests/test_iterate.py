@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from elit_utils import iterate
-from elit_utils.ensemble import TrainingConfig, train_ensemble, uncertainty_maps
+from elit_utils.ensemble import Ensemble, TrainingConfig, train_ensemble, uncertainty_maps
 from elit_utils.simulate import dataset
 from elit_utils.unet import UnetArchitecture
 
@@ -75,3 +75,25 @@ def test_unknown_pixel_size_is_refused(setup_data, tmp_path):
         iterate.adapt(model, target.images, None, tmp_path, FAST, progress=False)
     with pytest.raises(ValueError, match="finite"):
         iterate.adapt(model, np.full((1, 32, 32), np.nan), 0.1, tmp_path, FAST, progress=False)
+
+
+def test_baselines_run_in_the_same_harness(setup_data, tmp_path):
+    model, source, target = setup_data
+    truth = [target.coordinates(i)[:, :2] for i in range(len(target))]
+    histories = iterate.compare_with_baselines(
+        model, target.images, 0.1, tmp_path, FAST, truth, (source.images, source.atom_mask), true_masks=target.atom_mask, progress=False
+    )
+    assert set(histories) == {"ELIT", "plain", "single network", "no adaptation", "true labels"}
+    assert histories["no adaptation"] == histories["ELIT"][:1]
+    assert all("f1" in row for rows in histories.values() for row in rows)
+    plain = json.loads((tmp_path / "plain" / "round_1" / "ensemble.json").read_text())
+    assert plain["training"]["adapt"]["mask_uncertain"] is False
+    assert Ensemble.load(tmp_path / "single" / "round_1").n_members == 1
+    assert histories["true labels"][-1]["round"] == FAST.rounds
+
+
+def test_subset_keeps_the_first_members(setup_data):
+    model, _, _ = setup_data
+    assert model.subset(1).seeds == model.seeds[:1]
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        model.subset(3)

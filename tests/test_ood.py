@@ -100,3 +100,26 @@ def test_sweep_bookkeeping(tmp_path):
     summary = ood.summarise(points)
     assert set(summary) >= {"ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc"}
     assert 0 <= summary["ensemble_ge_median_member_fraction"] <= 1
+
+
+def test_site_uncertainty_marks_found_atoms_and_their_kinds():
+    from elit_utils.ensemble import uncertainty_maps
+
+    true_atoms = np.array([[30.0, 30.0, 0], [30.0, 60.0, 1], [60.0, 45.0, 0], [2.0, 45.0, 0]])
+    members = np.full((2, 100, 90), 0.01)
+    for r, c, _ in true_atoms[:3]:
+        members[:, int(r) - 2 : int(r) + 3, int(c) - 2 : int(c) + 3] = 0.9
+    members[1, 58:63, 43:48] = 0.3  # members disagree on the third atom
+    sites = ood.site_uncertainty(uncertainty_maps(members, 0.1), true_atoms)
+    assert sites["kind"].tolist() == ["C, under-coordinated", "Si dopant", "C, under-coordinated", "near the frame edge"]
+    assert sites["found"].tolist() == [True, True, True, False]
+    assert np.isnan(sites["entropy"][3]) and sites["mutual_information"][2] > sites["mutual_information"][0]
+
+
+def test_threshold_for_precision_keeps_the_largest_safe_set():
+    rng = np.random.default_rng(0)
+    uncertainty = rng.random(200)
+    correct = uncertainty < 0.6  # every atom above 0.6 is wrong
+    limit = ood.threshold_for_precision(uncertainty, correct, 1.0)
+    assert limit == uncertainty[correct].max()
+    assert ood.threshold_for_precision(np.array([0.1, 0.5]), np.array([0, 1]), 0.9) == -np.inf

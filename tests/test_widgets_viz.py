@@ -66,3 +66,54 @@ def test_ood_figures_have_labelled_axes():
     assert "mutual information" in fig.axes[0].get_xlabel()
     fig = viz.plot_error_detection({"dose": (np.array([0.1, 0.9]), np.array([False, True]))}, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
     assert [ax.get_title() for ax in fig.axes] == ["uncertainty as an error detector", "risk-coverage"]
+
+
+def _toy_frame(seed=0):
+    """A frame with three atoms that all members see and one that only two of the three see."""
+    from elit_utils.ensemble import uncertainty_maps
+
+    members = np.full((3, 40, 40), 0.01)
+    centres = [(8, 8), (8, 30), (30, 8), (30, 30)]
+    for k, (r, c) in enumerate(centres):
+        voters = [0, 1] if k == 3 else [0, 1, 2]
+        members[voters, r - 2 : r + 3, c - 2 : c + 3] = 0.95
+    image = np.random.default_rng(seed).random((40, 40))
+    truth = np.array(centres[:3], float)  # the disputed atom is a false one
+    return image, uncertainty_maps(members, 0.1), truth
+
+
+def test_uncertainty_explorer_thresholds_atoms_and_shows_votes():
+    from elit_utils.widgets import UncertaintyExplorer
+
+    explorer = UncertaintyExplorer({"toy": _toy_frame(), "no truth": (*_toy_frame(1)[:2], None)})
+    assert "kept <b>4</b> of 4" in explorer.summary.value and "F1 of the kept atoms <b>0.857</b>" in explorer.summary.value
+    most_uncertain = explorer.selected_atom()
+    assert explorer.atoms["toy"].vote_fraction[most_uncertain] == 2 / 3  # rank 0 is the disputed atom
+    explorer.measure.value = "mutual information"
+    explorer.threshold.value = 0.1
+    assert explorer.kept().sum() == 3 and "F1 of the kept atoms <b>1.000</b>" in explorer.summary.value
+    explorer.select_nearest(29.0, 31.0)
+    assert explorer.selected_atom() == most_uncertain and explorer.atom.value == 0
+    explorer.map.value = "variance"
+    explorer.frame.value = "no truth"
+    assert "F1" not in explorer.summary.value and len(explorer.output.outputs) == 1
+
+
+def test_round_explorer_steps_through_rounds():
+    from elit_utils.widgets import RoundExplorer
+
+    mask = np.zeros((16, 16), bool)
+    rounds = {0: (mask, np.zeros((16, 16), bool), np.full((16, 16), 0.2)), 2: (mask, np.ones((16, 16), bool), np.full((16, 16), 0.05))}
+    explorer = RoundExplorer(np.random.rand(16, 16), rounds, [{"round": 0, "f1": 0.7}, {"round": 2, "f1": 0.9}], 0.1)
+    assert "100.0% left out" in explorer.summary.value and "0.700" in explorer.summary.value
+    explorer.round.value = 2
+    assert "0.0% left out" in explorer.summary.value and "0.900" in explorer.summary.value and len(explorer.output.outputs) == 1
+
+
+def test_new_figures_have_their_labels():
+    fig = viz.show_member_maps(np.random.rand(4, 16, 16), 0.1)
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["member 1", "member 2", "member 3", "member 4", "variance over members"]
+    fig = viz.plot_adaptation({"ELIT": [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]})
+    assert fig.axes[0].get_lines()[0].get_ydata().tolist() == [0.7, 0.9]
+    fig = viz.plot_uncertainty_histograms({"source": np.random.rand(20), "shifted": np.random.rand(20)}, "mutual information")
+    assert fig.axes[0].get_xlabel() == "atom mutual information (nats)" and len(fig.axes[0].get_legend().texts) == 2
