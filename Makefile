@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= $(or $(ELIT_PROFILE),quick)
 
-.PHONY: reproduce test lint format lab bench clean-cache
+.PHONY: reproduce test test-browser dashboard lint format lab bench clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,16 +20,26 @@ reproduce: $(STAMP)
 test: lint
 	ELIT_PROFILE=smoke ELIT_RESULTS="$$(mktemp -d)" MPLBACKEND=Agg $(BIN)/python -m pytest
 
+## The widgets end to end in headless Chromium (Debian's chromium package): JupyterLab and the Voila dashboard, smoke profile.
+## Screenshots go to results/browser/.
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null || test -n "$$ELIT_CHROMIUM" || { echo "test-browser needs Chromium: apt-get install chromium (or set ELIT_CHROMIUM)" >&2; exit 1; }
+	$(BIN)/python -m pytest -m browser tests/browser
+
+## Serve the uncertainty explorer as a web page without code (Voila) at http://localhost:8866.
+dashboard: $(STAMP)
+	$(BIN)/voila dashboards/uncertainty_explorer.ipynb --port=8866
+
 ## ruff (lint and format) and a check that committed notebooks carry no outputs.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/nbstripout --verify notebooks/*.ipynb
+	$(BIN)/nbstripout --verify notebooks/*.ipynb dashboards/*.ipynb
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
-	$(BIN)/nbstripout notebooks/*.ipynb
+	$(BIN)/nbstripout notebooks/*.ipynb dashboards/*.ipynb
 
 ## Open JupyterLab on the notebooks.
 lab: $(STAMP)

@@ -47,7 +47,8 @@ class AdaptConfig:
     batch_size: images per step.
     learning_rate: Adam's learning rate for fine-tuning.
     confident_mi_nats: atoms whose mutual information exceeds this are not used as labels
-        (and, with ``mask_uncertain``, their footprint is left out of the loss).
+        (and, with ``mask_uncertain``, their footprint is left out of the loss). 0.2 nats is
+        about a third of the largest possible MI of a binary answer (ln 2 = 0.69 nats).
     mask_uncertain: leave uncertain atoms and unclaimed faint blobs out of the loss (False: the
         paper's plain scheme, every atom above the threshold is a label and every pixel counts).
     threshold: probability above which a pixel belongs to an atom.
@@ -65,7 +66,7 @@ class AdaptConfig:
     iterations_per_round: int = 100
     batch_size: int = 8
     learning_rate: float = 5e-4
-    confident_mi_nats: float = 0.1
+    confident_mi_nats: float = 0.2
     mask_uncertain: bool = True
     threshold: float = 0.5
     background_probability: float = 0.05

@@ -219,6 +219,27 @@ def site_uncertainty(prediction: object, true_atoms: np.ndarray, tolerance_A: fl
     return {"kind": site_kinds(true_atoms, sampling, prediction.mean.shape), "found": ~np.isnan(entropy), "entropy": entropy, "mutual_information": information}
 
 
+def summarise_sites(sites: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Per site kind, over frames of :func:`site_uncertainty`: atoms, fraction found, median entropy and MI of those found.
+
+    >>> site = {"kind": np.array(["Si dopant"]), "found": np.array([True]), "entropy": np.array([0.4]), "mutual_information": np.array([0.1])}
+    >>> summarise_sites([site])["Si dopant"]
+    {'atoms': 1, 'found': 1.0, 'median_entropy_nats': 0.4, 'median_mi_nats': 0.1}
+    """
+    merged = {key: np.concatenate([s[key] for s in sites]) for key in ("kind", "found", "entropy", "mutual_information")}
+    table = {}
+    for kind in SITE_KINDS:
+        chosen = merged["kind"] == kind
+        hits = chosen & merged["found"]
+        table[kind] = {
+            "atoms": int(chosen.sum()),
+            "found": float(merged["found"][chosen].mean()) if chosen.any() else float("nan"),
+            "median_entropy_nats": float(np.median(merged["entropy"][hits])) if hits.any() else float("nan"),
+            "median_mi_nats": float(np.median(merged["mutual_information"][hits])) if hits.any() else float("nan"),
+        }
+    return table
+
+
 # --------------------------------------------------------------------------- baseline
 
 
@@ -295,6 +316,27 @@ class SweepPoint:
         return np.array([m.f1 for m in self.members])
 
 
+def judged_atoms(prediction: object, truth: list[np.ndarray], tolerance_A: float = 0.5) -> tuple[list, np.ndarray]:
+    """The atoms the ensemble finds in each frame of a stack prediction, and (all frames
+    concatenated) whether each is right: matched one-to-one to a true atom within ``tolerance_A``.
+
+    >>> from elit_utils.ensemble import uncertainty_maps
+    >>> members = np.zeros((2, 1, 20, 20)); members[:, 0, 4:7, 4:7] = 0.9; members[:, 0, 14:17, 14:17] = 0.9
+    >>> tables, correct = judged_atoms(uncertainty_maps(members, 0.1), [np.array([[5.0, 5.0]])])
+    >>> len(tables[0]), correct.tolist()
+    (2, [True, False])
+    """
+    tables, correct = [], []
+    for index, true_px in enumerate(truth):
+        table = locate_atoms(prediction.frame(index))
+        matched, _ = match_atoms(table.coordinates_px, true_px, tolerance_A / prediction.sampling_A_per_px)
+        is_correct = np.zeros(len(table), bool)
+        is_correct[matched] = True
+        tables.append(table)
+        correct.append(is_correct)
+    return tables, np.concatenate(correct) if correct else np.zeros(0, bool)
+
+
 def evaluate_point(
     ensemble: object,
     axis: str,
@@ -313,17 +355,7 @@ def evaluate_point(
     prediction = ensemble.predict(data.images, sampling_A_per_px=sampling)
     truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
-    mean_found, uncertainty, entropy, correct = [], [], [], []
-    for index in range(len(data)):
-        frame = prediction.frame(index)
-        table = locate_atoms(frame)
-        mean_found.append(table.coordinates_px)
-        matched, _ = match_atoms(table.coordinates_px, truth[index], tolerance_A / sampling)
-        is_correct = np.zeros(len(table), bool)
-        is_correct[matched] = True
-        uncertainty.append(table.mutual_information)
-        entropy.append(table.entropy)
-        correct.append(is_correct)
+    tables, correct = judged_atoms(prediction, truth, tolerance_A)
     members = [pooled_scores([find_atoms(m) for m in prediction.members[k]], truth, sampling, **score) for k in range(len(prediction.members))]
     classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
     rng = np.random.default_rng(seed)
@@ -332,14 +364,14 @@ def evaluate_point(
     return SweepPoint(
         axis,
         value,
-        pooled_scores(mean_found, truth, sampling, **score),
+        pooled_scores([t.coordinates_px for t in tables], truth, sampling, **score),
         members,
         classical,
         float(prediction.mutual_information.mean()),
         prediction.mutual_information.mean(axis=(1, 2)),
-        np.concatenate(uncertainty),
-        np.concatenate(entropy),
-        np.concatenate(correct),
+        np.concatenate([t.mutual_information for t in tables]),
+        np.concatenate([t.entropy for t in tables]),
+        correct,
         prediction.mean.ravel()[pick],
         data.atom_mask.ravel()[pick],
         prediction.mutual_information.ravel()[pick],

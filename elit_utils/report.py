@@ -128,8 +128,26 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+#: Sections of metrics.json by notebook: (notebook number, title, headline keys).
+SECTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "01_simulate": ("01", "Simulating STEM images", ("frames_256px_per_second", "cc_bond_median_A", "recorded_over_expected_counts")),
+    "02_ensemble": ("02", "Training an ensemble", ("ensemble_f1", "ensemble_rmse_A", "member_f1")),
+    "ood": ("03", "Out of distribution", ("ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc")),
+    "iterate": ("04", "Iterative training", ("target_domain", "f1_per_round", "uncertainty_per_round", "final_f1_plain", "final_f1_single_network")),
+    "uncertainty": ("05", "Seeing uncertainty", ("atom_entropy_limit_nats", "kept_precision_on_fresh_frames", "kept_fraction_on_fresh_frames")),
+}
+
+
+def _section_order(name: str) -> tuple[str, str]:
+    number = SECTIONS[name][0] if name in SECTIONS else name[:2] if name[:2].isdigit() else "99"
+    return number, name
+
+
 def write_summary(results: str | Path | None = None) -> Path:
-    """Write ``summary.md``: one table per section of ``metrics.json`` and the figures.
+    """Write ``summary.md``: the headline numbers of every notebook on one page, then one
+    section per notebook with all its numbers and its figures shown inline.
+
+    Each number carries the profile and configuration hash that produced it.
 
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
@@ -139,26 +157,34 @@ def write_summary(results: str | Path | None = None) -> Path:
     """
     folder = results_dir(results)
     metrics = load_metrics(folder)
+    figures = sorted((folder / FIGURES_DIR).glob("*.png"))
     lines = ["# ELIT Lab: reproduction summary", ""]
     if not metrics:
         lines.append("No notebook has recorded metrics yet.")
-    for section in sorted(metrics):
-        entry = metrics[section]
-        lines += [
-            f"## {section}",
-            "",
-            f"Profile `{entry.get('profile')}`, configuration hash `{entry.get('config_hash')}`.",
-            "",
-            "| quantity | value |",
-            "| --- | --- |",
-        ]
+    headlines = [
+        (name, key) for name in sorted(metrics, key=_section_order) for key in SECTIONS.get(name, ("", "", ()))[2] if key in metrics[name].get("values", {})
+    ]
+    if headlines:
+        lines += ["## Headlines", "", "| notebook | quantity | value | profile | configuration |", "| --- | --- | --- | --- | --- |"]
+        for name, key in headlines:
+            entry, (number, title, _) = metrics[name], SECTIONS[name]
+            value = _format_value(entry["values"][key])
+            lines.append(f"| {number} {title} | {key} | {value} | {entry.get('profile')} | `{entry.get('config_hash')}` |")
+        lines.append("")
+    shown: set[Path] = set()
+    for name in sorted(metrics, key=_section_order):
+        entry = metrics[name]
+        number, title, _ = SECTIONS.get(name, (_section_order(name)[0], "", ()))
+        lines += [f"## {name}" + (f": notebook {number}, {title}" if title else ""), ""]
+        lines += [f"Profile `{entry.get('profile')}`, configuration hash `{entry.get('config_hash')}`.", "", "| quantity | value |", "| --- | --- |"]
         lines += [f"| {key} | {_format_value(value)} |" for key, value in entry.get("values", {}).items()]
         lines.append("")
-    figures = sorted((folder / FIGURES_DIR).glob("*.png"))
-    if figures:
-        lines += ["## Figures", ""]
-        lines += [f"- [{fig.stem}]({FIGURES_DIR}/{fig.name})" for fig in figures]
-        lines.append("")
+        mine = [fig for fig in figures if fig.stem.startswith(number + "_") and fig not in shown]
+        lines += [f"![{fig.stem}]({FIGURES_DIR}/{fig.name})" for fig in mine] + ([""] if mine else [])
+        shown.update(mine)
+    rest = [fig for fig in figures if fig not in shown]
+    if rest:
+        lines += ["## Other figures", ""] + [f"- [{fig.stem}]({FIGURES_DIR}/{fig.name})" for fig in rest] + [""]
     path = folder / SUMMARY_FILE
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))

@@ -14,11 +14,12 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import display
+from IPython.display import Image, display
 
 from .locate import AtomTable, locate_atoms
 from .metrics import detection_scores
@@ -35,10 +36,13 @@ ATOM_UNCERTAINTIES = {"predictive entropy": "entropy", "mutual information": "mu
 
 
 def _show(output: widgets.Output, fig: object) -> None:
-    """Replace what ``output`` shows by ``fig`` (works headless too: the figure is stored as display data)."""
-    output.outputs = ()
-    output.append_display_data(fig)
+    """Replace what ``output`` shows by ``fig``, rendered to PNG here, so that it shows whatever
+    matplotlib backend the kernel runs (inline, ipympl, or Agg when headless)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    output.outputs = ()
+    output.append_display_data(Image(data=buffer.getvalue(), format="png"))
 
 
 class SimulationPreview:
@@ -179,11 +183,12 @@ class UncertaintyExplorer:
         self.frames = frames
         self.tolerance_A = tolerance_A
         self.atoms: dict[str, AtomTable] = {name: locate_atoms(prediction) for name, (_, prediction, _) in frames.items()}
-        self.frame = widgets.Dropdown(options=list(frames), description="frame")
-        self.map = widgets.ToggleButtons(options=list(MAPS), value="mutual information", description="map")
-        self.measure = widgets.Dropdown(options=list(ATOM_UNCERTAINTIES), description="atom uncertainty")
-        self.threshold = widgets.FloatSlider(value=0.7, min=0.0, max=0.7, step=0.005, readout_format=".3f", description="keep ≤ (nats)")
-        self.atom = widgets.IntSlider(value=0, min=0, max=0, description="atom (rank)")
+        style = {"description_width": "initial"}
+        self.frame = widgets.Dropdown(options=list(frames), description="frame", style=style)
+        self.map = widgets.ToggleButtons(options=list(MAPS), value="mutual information", description="map", style=style)
+        self.measure = widgets.Dropdown(options=list(ATOM_UNCERTAINTIES), description="atom uncertainty", style=style)
+        self.threshold = widgets.FloatSlider(value=0.7, min=0.0, max=0.7, step=0.005, readout_format=".3f", description="keep atoms ≤ (nats)", style=style)
+        self.atom = widgets.IntSlider(value=0, min=0, max=0, description="atom (most uncertain first)", style=style)
         self.summary = widgets.HTML()
         self.output = widgets.Output()
         for control in (self.frame, self.map, self.measure, self.threshold, self.atom):
@@ -211,7 +216,7 @@ class UncertaintyExplorer:
         self.atom.value = int(np.flatnonzero(np.argsort(-uncertainty, kind="stable") == index)[0])
 
     def _describe(self, atoms: AtomTable, kept: np.ndarray, truth: np.ndarray | None, sampling: float | None) -> str:
-        text = f"kept <b>{kept.sum()}</b> of {len(atoms)} atoms ({kept.mean() if len(atoms) else 0:.0%})"
+        text = f"{self.frame.value}: kept <b>{kept.sum()}</b> of {len(atoms)} atoms ({kept.mean() if len(atoms) else 0:.0%})"
         if truth is not None and sampling is not None:
             scores = detection_scores(atoms.coordinates_px[kept], truth, sampling, self.tolerance_A)
             text += f"; F1 of the kept atoms <b>{scores.f1:.3f}</b> (precision {scores.precision:.3f}, recall {scores.recall:.3f})"

@@ -86,7 +86,7 @@ def test_uncertainty_explorer_thresholds_atoms_and_shows_votes():
     from elit_utils.widgets import UncertaintyExplorer
 
     explorer = UncertaintyExplorer({"toy": _toy_frame(), "no truth": (*_toy_frame(1)[:2], None)})
-    assert "kept <b>4</b> of 4" in explorer.summary.value and "F1 of the kept atoms <b>0.857</b>" in explorer.summary.value
+    assert "toy: kept <b>4</b> of 4" in explorer.summary.value and "F1 of the kept atoms <b>0.857</b>" in explorer.summary.value
     most_uncertain = explorer.selected_atom()
     assert explorer.atoms["toy"].vote_fraction[most_uncertain] == 2 / 3  # rank 0 is the disputed atom
     explorer.measure.value = "mutual information"
