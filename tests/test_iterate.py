@@ -97,3 +97,15 @@ def test_subset_keeps_the_first_members(setup_data):
     assert model.subset(1).seeds == model.seeds[:1]
     with pytest.raises(ValueError, match="between 1 and 2"):
         model.subset(3)
+
+
+def test_frames_of_different_sizes_need_one_pixel_size_each():
+    frames, samplings = iterate._checked_frames([np.zeros((32, 32)), np.zeros((40, 24))], [0.1, 0.08])
+    assert [f.shape for f in frames] == [(32, 32), (40, 24)] and samplings == [0.1, 0.08]
+    assert iterate._checked_frames(np.zeros((3, 16, 16)), 0.1)[1] == [0.1] * 3
+    with pytest.raises(ValueError, match="2 frames but 1 pixel sizes"):
+        iterate._checked_frames([np.zeros((8, 8))] * 2, [0.1])
+    with pytest.raises(ValueError, match="pixel size is unknown"):
+        iterate._checked_frames([np.zeros((8, 8))] * 2, [0.1, None])
+    with pytest.raises(ValueError, match="frame 1 must be a finite 2D image"):
+        iterate._checked_frames([np.zeros((8, 8)), np.zeros((2, 8, 8))], 0.1)
