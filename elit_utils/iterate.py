@@ -293,7 +293,7 @@ def compare_with_baselines(
     histories["no adaptation"] = histories["ELIT"][:1]
     if true_masks is not None:
         histories["true labels"] = _fine_tune_on_true_labels(
-            ensemble, frames, sampling_A_per_px, out / "true_labels", config, truth, source, true_masks, progress
+            ensemble, frames, sampling_A_per_px, out / "true_labels", config, truth, source, true_masks, histories["ELIT"][0], progress
         )
     return histories
 
@@ -307,9 +307,13 @@ def _fine_tune_on_true_labels(
     truth: list,
     source: tuple | None,
     true_masks: np.ndarray,
+    before: dict,
     progress: bool,
 ) -> list[dict]:
-    """One round of the same fine-tuning budget as all of ELIT's rounds, with the simulator's labels."""
+    """One round of the same fine-tuning budget as all of ELIT's rounds, with the simulator's labels.
+
+    ``before`` is the untouched ensemble's history row (round 0), which is not scored again.
+    """
     if abs(sampling - ensemble.sampling_A_per_px) > 1e-6:
         raise ValueError("true-label fine-tuning needs frames at the ensemble's pixel size")
     frames = list(np.asarray(frames, np.float32))
@@ -317,10 +321,8 @@ def _fine_tune_on_true_labels(
     budget = dataclasses.replace(config, iterations_per_round=config.iterations_per_round * config.rounds)
     tile = min(source[0].shape[-1] if source is not None else 128, *frames[0].shape)
     tuned = _fine_tune(ensemble, frames, labels, source, out, budget, 1, tile - tile % 8, progress)
-    samplings = [sampling] * len(frames)
-    before, _ = _score(ensemble, frames, samplings, truth, config.threshold)
-    after, _ = _score(tuned, frames, samplings, truth, config.threshold)
-    return [{"round": 0, **before}, {"round": config.rounds, **after}]
+    after, _ = _score(tuned, frames, [sampling] * len(frames), truth, config.threshold)
+    return [before, {"round": config.rounds, **after}]
 
 
 def _write_history(out: Path, history: list[dict]) -> None:

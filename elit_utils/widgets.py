@@ -196,14 +196,21 @@ class UncertaintyExplorer:
         self.widget = widgets.VBox([widgets.HBox([self.frame, self.measure]), self.map, widgets.HBox([self.threshold, self.atom]), self.summary, self.output])
         self._redraw()
 
+    def _uncertainty(self) -> np.ndarray:
+        """The chosen uncertainty (nats) of the current frame's atoms."""
+        return getattr(self.atoms[self.frame.value], ATOM_UNCERTAINTIES[self.measure.value])
+
+    def _ranking(self) -> np.ndarray:
+        """The current frame's atom indices, most uncertain first."""
+        return np.argsort(-self._uncertainty(), kind="stable")
+
     def kept(self) -> np.ndarray:
         """Mask of the current frame's atoms whose chosen uncertainty is at most the threshold."""
-        return getattr(self.atoms[self.frame.value], ATOM_UNCERTAINTIES[self.measure.value]) <= self.threshold.value
+        return self._uncertainty() <= self.threshold.value
 
     def selected_atom(self) -> int:
         """Index of the chosen atom (rank 0 = the most uncertain of the frame)."""
-        uncertainty = getattr(self.atoms[self.frame.value], ATOM_UNCERTAINTIES[self.measure.value])
-        order = np.argsort(-uncertainty, kind="stable")
+        order = self._ranking()
         return int(order[min(self.atom.value, len(order) - 1)]) if len(order) else -1
 
     def select_nearest(self, row_px: float, col_px: float) -> None:
@@ -212,8 +219,7 @@ class UncertaintyExplorer:
         if not len(atoms):
             return
         index = int(np.argmin(np.hypot(atoms.rows_px - row_px, atoms.cols_px - col_px)))
-        uncertainty = getattr(atoms, ATOM_UNCERTAINTIES[self.measure.value])
-        self.atom.value = int(np.flatnonzero(np.argsort(-uncertainty, kind="stable") == index)[0])
+        self.atom.value = int(np.flatnonzero(self._ranking() == index)[0])
 
     def _describe(self, atoms: AtomTable, kept: np.ndarray, truth: np.ndarray | None, sampling: float | None) -> str:
         text = f"{self.frame.value}: kept <b>{kept.sum()}</b> of {len(atoms)} atoms ({kept.mean() if len(atoms) else 0:.0%})"
@@ -231,7 +237,7 @@ class UncertaintyExplorer:
         self.summary.value = self._describe(atoms, kept, truth, prediction.sampling_A_per_px)
         key, cmap = MAPS[self.map.value]
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.15, 1.15, 0.8]})
-        uncertainty = getattr(atoms, ATOM_UNCERTAINTIES[self.measure.value])
+        uncertainty = self._uncertainty()
         draw_atoms_with_uncertainty(
             axes[0],
             image,

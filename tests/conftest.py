@@ -27,3 +27,14 @@ def isolated_run(tmp_path, monkeypatch):
 
 
 needs_experimental = pytest.mark.skipif(not EXPERIMENTAL.is_dir(), reason="shared experimental images not present")
+
+
+def tiny_ensemble(folder: Path, n_members: int, **training: object) -> object:
+    """A 2-iteration ensemble of 4-filter U-Nets on four 32 px source frames: fast, for bookkeeping tests."""
+    from elit_utils.ensemble import TrainingConfig, train_ensemble
+    from elit_utils.simulate import dataset
+    from elit_utils.unet import UnetArchitecture
+
+    train = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
+    config = TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1, **training)
+    return train_ensemble(train.images, train.atom_mask, folder, n_members, 0.1, UnetArchitecture(nb_filters=4), config, progress=False)

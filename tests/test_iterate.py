@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from elit_utils import iterate
-from elit_utils.ensemble import Ensemble, TrainingConfig, train_ensemble, uncertainty_maps
+from elit_utils.ensemble import Ensemble, uncertainty_maps
 from elit_utils.simulate import dataset
-from elit_utils.unet import UnetArchitecture
+from tests.conftest import tiny_ensemble
 
 FAST = iterate.AdaptConfig(rounds=2, iterations_per_round=2, batch_size=2, stop_change=0.0)
 
@@ -14,16 +14,7 @@ FAST = iterate.AdaptConfig(rounds=2, iterations_per_round=2, batch_size=2, stop_
 @pytest.fixture(scope="module")
 def setup_data(tmp_path_factory):
     source = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
-    model = train_ensemble(
-        source.images,
-        source.atom_mask,
-        tmp_path_factory.mktemp("model"),
-        2,
-        0.1,
-        UnetArchitecture(nb_filters=4),
-        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1, precision="fp32"),
-        progress=False,
-    )
+    model = tiny_ensemble(tmp_path_factory.mktemp("model"), 2, precision="fp32")
     target = dataset("low_dose", n=2, seed=1, image_size_px=40, cache=False)
     return model, source, target
 

@@ -3,6 +3,7 @@ import pytest
 
 from elit_utils import ood
 from elit_utils.simulate import DOMAINS
+from tests.conftest import tiny_ensemble
 
 
 def test_auroc_known_values():
@@ -75,21 +76,7 @@ def test_classical_finder_finds_simulated_atoms():
 
 
 def test_sweep_bookkeeping(tmp_path):
-    from elit_utils.ensemble import TrainingConfig, train_ensemble
-    from elit_utils.simulate import dataset
-    from elit_utils.unet import UnetArchitecture
-
-    train = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
-    model = train_ensemble(
-        train.images,
-        train.atom_mask,
-        tmp_path,
-        3,
-        0.1,
-        UnetArchitecture(nb_filters=4),
-        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1),
-        progress=False,
-    )
+    model = tiny_ensemble(tmp_path, 3)
     points = ood.sweep(model, "dose", n_images=2, seed=5, image_size_px=32, finder=ood.ClassicalFinder(), values=(3e5, 1e4))
     assert [p.value for p in points] == [3e5, 1e4]
     for point in points:

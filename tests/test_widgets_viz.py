@@ -2,6 +2,7 @@ import numpy as np
 
 from elit_utils import viz
 from elit_utils.widgets import SimulationPreview
+from tests.conftest import tiny_ensemble
 
 
 def test_preview_responds_to_every_slider():
@@ -33,22 +34,9 @@ def test_scalebar_lengths_are_round():
 
 def test_sweep_explorer_moves_along_the_sweep(tmp_path):
     from elit_utils import ood
-    from elit_utils.ensemble import TrainingConfig, train_ensemble
-    from elit_utils.simulate import dataset
-    from elit_utils.unet import UnetArchitecture
     from elit_utils.widgets import SweepExplorer
 
-    train = dataset("source", n=4, seed=0, image_size_px=32, cache=False)
-    model = train_ensemble(
-        train.images,
-        train.atom_mask,
-        tmp_path,
-        2,
-        0.1,
-        UnetArchitecture(nb_filters=4),
-        TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1),
-        progress=False,
-    )
+    model = tiny_ensemble(tmp_path, 2)
     points = {axis: ood.sweep(model, axis, 1, 0, 32, ood.ClassicalFinder(), values=ood.SWEEP_AXES[axis][1][:2]) for axis in ("dose", "defocus")}
     explorer = SweepExplorer(points, {"dose": "e/Å²", "defocus": "Å"})
     first = explorer.summary.value
