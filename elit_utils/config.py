@@ -59,6 +59,8 @@ class Profile:
     n_adapt_frames: unlabelled target frames the ensemble adapts to.
     adapt_iterations_per_round: fine-tuning steps per member in each round of iterative training.
     n_ood_images_per_point: simulated frames per point of an out-of-distribution sweep.
+    n_shift_reference_images: simulated source frames that fit the shift detector
+        (:class:`~elit_utils.ood.ShiftDetector`).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Profile:
     n_adapt_frames: int
     adapt_iterations_per_round: int
     n_ood_images_per_point: int
+    n_shift_reference_images: int
 
     def as_dict(self) -> dict[str, Any]:
         """The profile as a plain dictionary (for JSON records)."""
@@ -94,6 +97,7 @@ PROFILES: dict[str, Profile] = {
         unet_base_filters=8,
         swa_iterations=2,
         n_ood_images_per_point=1,
+        n_shift_reference_images=6,
         n_adapt_rounds=1,
         n_adapt_frames=2,
         adapt_iterations_per_round=2,
@@ -109,7 +113,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=8,
         unet_base_filters=16,
         swa_iterations=30,
-        n_ood_images_per_point=5,
+        n_ood_images_per_point=20,
+        n_shift_reference_images=64,
         n_adapt_rounds=3,
         n_adapt_frames=6,
         adapt_iterations_per_round=100,
@@ -125,7 +130,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=32,
         unet_base_filters=16,
         swa_iterations=30,
-        n_ood_images_per_point=10,
+        n_ood_images_per_point=50,
+        n_shift_reference_images=200,
         n_adapt_rounds=5,
         n_adapt_frames=20,
         adapt_iterations_per_round=500,

@@ -490,6 +490,23 @@ class Ensemble:
                 weight[r : r + tile, c : c + tile] += window
         return (total / weight)[:, :height, :width]
 
+    def _working_frames(self, images: np.ndarray, sampling_A_per_px: float | None) -> tuple[np.ndarray, list[np.ndarray], bool]:
+        """Checked, normalised frames (n, H, W), each resampled to the training pixel size, and
+        whether resampling was needed (the pixel size differs by more than 2 %)."""
+        array = np.asarray(images, np.float32)
+        if array.ndim not in (2, 3):
+            raise ValueError(f"predict expects an image (H, W) or a stack (n, H, W), got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("the image contains NaN or inf; clean it before predicting")
+        sampling = check_sampling(sampling_A_per_px)
+        frames = normalize_image(array[None] if array.ndim == 2 else array)
+        factor = 1.0 if sampling is None else sampling / self.sampling_A_per_px
+        resample = abs(factor - 1) > 0.02
+        if not resample:
+            return frames, list(frames), False
+        shapes = [tuple(max(8, round(side * factor)) for side in frame.shape) for frame in frames]
+        return frames, [resize(f, shape, order=1, preserve_range=True).astype(np.float32) for f, shape in zip(frames, shapes)], True
+
     def predict(
         self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, overlap_px: int = 32, precision: str = "auto"
     ) -> Prediction:
@@ -499,25 +516,42 @@ class Ensemble:
         by more than 2 %, each frame is resampled to the training pixel size, predicted,
         and the maps are resampled back: the result is always in the input's pixels.
         """
-        array = np.asarray(images, np.float32)
-        if array.ndim not in (2, 3):
-            raise ValueError(f"predict expects an image (H, W) or a stack (n, H, W), got shape {array.shape}")
-        if not np.isfinite(array).all():
-            raise ValueError("the image contains NaN or inf; clean it before predicting")
-        sampling = check_sampling(sampling_A_per_px)
-        frames = array[None] if array.ndim == 2 else array
-        factor = 1.0 if sampling is None else sampling / self.sampling_A_per_px
-        resample = abs(factor - 1) > 0.02
+        frames, work_frames, resampled = self._working_frames(images, sampling_A_per_px)
         results = []
-        for frame in normalize_image(frames):
-            work_shape = tuple(max(8, round(side * factor)) for side in frame.shape)
-            work = resize(frame, work_shape, order=1, preserve_range=True).astype(np.float32) if resample else frame
+        for frame, work in zip(frames, work_frames):
             members = self._predict_frame(work, tile_px, overlap_px, precision)
-            if resample:
+            if resampled:
                 members = np.stack([resize(m, frame.shape, order=1, preserve_range=True) for m in members]).clip(0, 1).astype(np.float32)
             results.append(members)
         stacked = np.stack(results, axis=1)  # (N, n, H, W)
-        return uncertainty_maps(stacked[:, 0] if array.ndim == 2 else stacked, sampling)
+        return uncertainty_maps(stacked[:, 0] if np.ndim(images) == 2 else stacked, check_sampling(sampling_A_per_px))
+
+    @torch.inference_mode()
+    def features(self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, precision: str = "auto") -> np.ndarray:
+        """Each frame's summary in the members' feature space, (n frames, members x channels).
+
+        Every member's bottleneck activations, averaged over the frame (at the training pixel
+        size, in tiles of at most ``tile_px`` for large frames, weighted by tile area). Frames
+        that look alike to the networks lie close together: :class:`elit_utils.ood.ShiftDetector`
+        measures how far a frame lies from the source frames.
+        """
+        _, work_frames, _ = self._working_frames(images, sampling_A_per_px)
+        bf16 = use_bf16(precision, self.device)
+        tile = tile_px - tile_px % 8
+        summaries = []
+        for work in work_frames:
+            pooled, weights = [], []
+            for r in range(0, work.shape[0], tile):
+                for c in range(0, work.shape[1], tile):
+                    piece = work[r : r + tile, c : c + tile]
+                    padded = np.pad(piece, ((0, -piece.shape[0] % 8), (0, -piece.shape[1] % 8)), mode="reflect")
+                    x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
+                    with _autocast(self.device, bf16):
+                        per_pack = [net.bottleneck_features(x.expand(1, net.n_members, *padded.shape).contiguous()) for net in self.packs]
+                    pooled.append(torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy())
+                    weights.append(piece.size)
+            summaries.append(np.average(pooled, axis=0, weights=weights))
+        return np.array(summaries)
 
 
 # --------------------------------------------------------------------------- profiles

@@ -30,7 +30,7 @@ from skimage.transform import resize
 from .cache import atomic_path, package_versions, write_json_atomic
 from .ensemble import Ensemble, TrainingConfig, _claim_folder, _member_name, _save_member, _train_pack, data_hash
 from .io import check_sampling, normalize_image
-from .locate import locate_atoms
+from .locate import MIN_PROMINENCE, locate_atoms
 from .metrics import pooled_scores
 from .simulate import label_mask
 from .unet import UnetArchitecture
@@ -52,6 +52,8 @@ class AdaptConfig:
     mask_uncertain: leave uncertain atoms and unclaimed faint blobs out of the loss (False: the
         paper's plain scheme, every atom above the threshold is a label and every pixel counts).
     threshold: probability above which a pixel belongs to an atom.
+    min_prominence: a blob holding two peaks whose dip is at least this deep is two atoms
+        (:func:`~elit_utils.locate.atom_regions`).
     background_probability: with ``mask_uncertain``, faint blobs above this probability that hold
         no atom are left out of the loss: they may be atoms the ensemble cannot yet see.
     source_fraction: share of training tiles drawn from labelled source frames.
@@ -69,6 +71,7 @@ class AdaptConfig:
     confident_mi_nats: float = 0.2
     mask_uncertain: bool = True
     threshold: float = 0.5
+    min_prominence: float = MIN_PROMINENCE
     background_probability: float = 0.05
     source_fraction: float = 0.25
     mask_radius_A: float = 0.35
@@ -110,7 +113,7 @@ def pseudo_labels(prediction: object, config: AdaptConfig, sampling_A_per_px: fl
     >>> n, bool(mask[5, 5]), bool(weight[15, 15]), bool(weight[1, 20])
     (1, True, False, True)
     """
-    atoms = locate_atoms(prediction, config.threshold)
+    atoms = locate_atoms(prediction, config.threshold, min_prominence=config.min_prominence)
     confident = atoms.mutual_information <= config.confident_mi_nats if config.mask_uncertain else np.ones(len(atoms), bool)
     radius_px = config.mask_radius_A / sampling_A_per_px
     labels = np.column_stack([atoms.coordinates_px[confident], np.zeros(confident.sum())])

@@ -16,12 +16,55 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+#: The smallest dip (in probability) between two peaks for them to be two atoms, not one.
+MIN_PROMINENCE = 0.2
 
-def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int = 1) -> np.ndarray:
-    """Centres (row, col in px) of the connected regions where ``probability > threshold``.
 
-    Each centre is the probability-weighted centroid of its region, so it is
-    sub-pixel. Regions smaller than ``min_area_px`` pixels are dropped (speckle).
+def atom_regions(probability: np.ndarray, threshold: float = 0.5, min_prominence: float = MIN_PROMINENCE) -> tuple[np.ndarray, int]:
+    """Label image of the atoms' footprints, and their number.
+
+    A footprint is a connected region where ``probability > threshold``. When two atoms
+    lie so close (or so blurred) that their blobs touch above the threshold, the region
+    holds two peaks with a dip between them: it is split along the valley (watershed from
+    every peak that stands at least ``min_prominence`` above the saddle joining it to a
+    higher one, ``skimage.morphology.h_maxima``). Noise ripples on a blob's top are lower
+    than ``min_prominence`` and do not split it; ``min_prominence=1`` never splits.
+
+    >>> probability = np.zeros((9, 16)); probability[3:6, 2:7] = 0.9; probability[3:6, 9:14] = 0.9
+    >>> probability[4, 7:9] = 0.6  # a bridge between two blobs
+    >>> atom_regions(probability)[1], atom_regions(probability, min_prominence=1.0)[1]
+    (2, 1)
+    """
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    mask = probability > threshold
+    regions, count = ndimage.label(mask)
+    if count == 0 or min_prominence >= 1:
+        return regions, count
+    peaks = h_maxima(probability.astype(np.float64), min_prominence).astype(bool) & mask
+    markers, n_peaks = ndimage.label(peaks)
+    unmarked = np.setdiff1d(np.arange(1, count + 1), regions[peaks])  # faint regions keep their highest pixel
+    for k, position in enumerate(ndimage.maximum_position(probability, regions, unmarked)):
+        markers[position] = n_peaks + 1 + k
+    if n_peaks + len(unmarked) == count:  # nothing to split
+        return regions, count
+    return watershed(-probability, markers, mask=mask), n_peaks + len(unmarked)
+
+
+def _kept_regions(probability: np.ndarray, threshold: float, min_area_px: int, min_prominence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Atom footprints (label image) and the labels of those at least ``min_area_px`` large."""
+    regions, count = atom_regions(probability, threshold, min_prominence)
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(np.ones_like(probability), regions, index)
+    return regions, index[areas >= min_area_px]
+
+
+def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int = 1, min_prominence: float = MIN_PROMINENCE) -> np.ndarray:
+    """Centres (row, col in px) of the atoms' footprints (:func:`atom_regions`) in a probability map.
+
+    Each centre is the probability-weighted centroid of its footprint, so it is
+    sub-pixel. Footprints smaller than ``min_area_px`` pixels are dropped (speckle).
 
     >>> find_atoms(np.zeros((8, 8))).shape
     (0, 2)
@@ -33,13 +76,8 @@ def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int
         raise ValueError("the probability map contains NaN or inf")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    regions, count = ndimage.label(probability > threshold)
-    if count == 0:
-        return np.empty((0, 2))
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(probability), regions, index)
-    centres = np.array(ndimage.center_of_mass(probability, regions, index), float).reshape(-1, 2)
-    return centres[areas >= min_area_px]
+    regions, kept = _kept_regions(probability, threshold, min_area_px, min_prominence)
+    return np.array(ndimage.center_of_mass(probability, regions, kept), float).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -71,6 +109,13 @@ class AtomTable:
     def __len__(self) -> int:
         return len(self.rows_px)
 
+    def select(self, keep: np.ndarray) -> AtomTable:
+        """The atoms where ``keep`` (a boolean mask or indices) holds, as a table of their own."""
+        peaks = None if self.member_peaks is None else self.member_peaks[:, keep]
+        columns = (self.rows_px, self.cols_px, self.mutual_information, self.entropy, self.variance, self.vote_fraction)
+        rows, cols, information, entropy, variance, votes = (column[keep] for column in columns)
+        return AtomTable(rows, cols, self.sampling_A_per_px, information, entropy, variance, votes, peaks)
+
     @property
     def coordinates_px(self) -> np.ndarray:
         """(k, 2) row, col in px."""
@@ -100,11 +145,11 @@ class AtomTable:
             tmp.write_text("\n".join(lines) + "\n")
 
 
-def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 1) -> AtomTable:
+def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 1, min_prominence: float = MIN_PROMINENCE) -> AtomTable:
     """Atoms from an ensemble prediction of one frame (``mean``, ``members``, ``mutual_information``, ``entropy``, ``variance``).
 
     Centres come from the mean map (:func:`find_atoms`); each atom's uncertainty
-    is averaged over its footprint (the connected region above ``threshold``).
+    is averaged over its footprint (:func:`atom_regions`).
 
     >>> from types import SimpleNamespace
     >>> members = np.zeros((2, 12, 12)); members[:, 3:6, 3:6] = 0.9; members[0, 8:11, 8:11] = 0.9
@@ -118,11 +163,8 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     members = np.asarray(prediction.members)
     if mean.ndim != 2 or members.shape[1:] != mean.shape:
         raise ValueError(f"locate_atoms expects one frame: mean (H, W) and members (N, H, W), got {mean.shape} and {members.shape}")
-    centres = find_atoms(mean, threshold, min_area_px)
-    regions, count = ndimage.label(mean > threshold)
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(mean), regions, index)
-    kept = index[areas >= min_area_px]
+    regions, kept = _kept_regions(mean.astype(float), threshold, min_area_px, min_prominence)
+    centres = np.array(ndimage.center_of_mass(mean.astype(float), regions, kept), float).reshape(-1, 2)
     information = np.asarray(ndimage.mean(prediction.mutual_information, regions, kept)).reshape(-1)
     entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
     variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)

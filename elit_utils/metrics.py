@@ -78,6 +78,47 @@ def away_from_edges(points_px: np.ndarray, frame_shape: tuple[int, int], border_
     return distance >= border_px
 
 
+def _scored_matches(
+    found_px: np.ndarray, true_px: np.ndarray, sampling_A_per_px: float, tolerance_A: float, frame_shape: tuple[int, int] | None, border_A: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Matched pairs (found, true indices) that count, and which found and true atoms count."""
+    if sampling_A_per_px <= 0:
+        raise ValueError(f"sampling_A_per_px must be > 0, got {sampling_A_per_px}")
+    found_px = np.asarray(found_px, float).reshape(-1, 2)
+    true_px = np.asarray(true_px, float).reshape(-1, 2)
+    found_idx, true_idx = match_atoms(found_px, true_px, tolerance_A / sampling_A_per_px)
+    true_scored, found_inside = np.ones(len(true_px), bool), np.ones(len(found_px), bool)
+    if border_A > 0:
+        if frame_shape is None:
+            raise ValueError("border_A needs frame_shape (H, W)")
+        true_scored = away_from_edges(true_px, frame_shape, border_A / sampling_A_per_px)
+        found_inside = away_from_edges(found_px, frame_shape, border_A / sampling_A_per_px)
+    counted = true_scored[true_idx]
+    found_scored = found_inside.copy()
+    found_scored[found_idx] = counted  # a matched atom counts exactly when its true atom does
+    return found_idx[counted], true_idx[counted], found_scored, true_scored
+
+
+def judge_atoms(
+    found_px: np.ndarray,
+    true_px: np.ndarray,
+    sampling_A_per_px: float,
+    tolerance_A: float = 0.5,
+    frame_shape: tuple[int, int] | None = None,
+    border_A: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each found atom: does it count, and is it right? As :func:`detection_scores` judges them.
+
+    >>> scored, right = judge_atoms(np.array([[20.0, 20.0], [30.0, 30.0], [20.0, 1.0]]), np.array([[20.0, 20.5]]), 0.1, frame_shape=(40, 40), border_A=0.5)
+    >>> scored.tolist(), right.tolist()
+    ([True, True, False], [True, False, False])
+    """
+    found_idx, _, found_scored, _ = _scored_matches(found_px, true_px, sampling_A_per_px, tolerance_A, frame_shape, border_A)
+    right = np.zeros(len(found_scored), bool)
+    right[found_idx] = True
+    return found_scored, right
+
+
 def detection_scores(
     found_px: np.ndarray,
     true_px: np.ndarray,
@@ -88,25 +129,22 @@ def detection_scores(
 ) -> DetectionScores:
     """Precision, recall, F1 and position RMSE (A) of found vs true atoms (row, col in px).
 
-    With ``frame_shape`` and ``border_A``, atoms (found or true) closer than
-    ``border_A`` to the frame's edge are left out: an atom cut by the edge is
-    ambiguous (is a half blob an atom inside or outside?).
+    With ``frame_shape`` and ``border_A``, the band of width ``border_A`` along the frame's
+    edge is not scored: an atom cut by the edge is ambiguous (is a half blob an atom inside or
+    outside?). All atoms are matched first; then a true atom is scored (found or missed) when it
+    lies farther than ``border_A`` from the edge, and an unmatched found atom is a false positive
+    when it does. So an atom found 0.03 A from a true atom is never an error just because the two
+    lie on either side of the band's inner line.
 
     >>> detection_scores(np.empty((0, 2)), np.empty((0, 2)), 0.1).f1
     1.0
+    >>> detection_scores(np.array([[20.0, 5.2]]), np.array([[20.0, 4.8]]), 0.1, frame_shape=(40, 40), border_A=0.5).f1
+    1.0
     """
-    if sampling_A_per_px <= 0:
-        raise ValueError(f"sampling_A_per_px must be > 0, got {sampling_A_per_px}")
     found_px = np.asarray(found_px, float).reshape(-1, 2)
     true_px = np.asarray(true_px, float).reshape(-1, 2)
-    if border_A > 0:
-        if frame_shape is None:
-            raise ValueError("border_A needs frame_shape (H, W)")
-        border_px = border_A / sampling_A_per_px
-        found_px = found_px[away_from_edges(found_px, frame_shape, border_px)]
-        true_px = true_px[away_from_edges(true_px, frame_shape, border_px)]
-    found_idx, true_idx = match_atoms(found_px, true_px, tolerance_A / sampling_A_per_px)
-    n_matched, n_found, n_true = len(found_idx), len(found_px), len(true_px)
+    found_idx, true_idx, found_scored, true_scored = _scored_matches(found_px, true_px, sampling_A_per_px, tolerance_A, frame_shape, border_A)
+    n_matched, n_found, n_true = len(found_idx), int(found_scored.sum()), int(true_scored.sum())
     precision = n_matched / n_found if n_found else float(n_true == 0)
     recall = n_matched / n_true if n_true else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0

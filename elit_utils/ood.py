@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .locate import find_atoms, locate_atoms
-from .metrics import DetectionScores, match_atoms, pooled_scores
+from .metrics import DetectionScores, judge_atoms, match_atoms, pooled_scores
 from .simulate import DOMAINS, Domain, dataset
 
 #: The sweeps: axis name -> (what it changes, values from the source setting outwards, unit).
@@ -240,6 +240,84 @@ def summarise_sites(sites: list[dict[str, np.ndarray]]) -> dict[str, dict[str, f
     return table
 
 
+# --------------------------------------------------------------------------- shift detection
+
+
+@dataclass(frozen=True)
+class ShiftDetector:
+    """Is a frame like the source data? Its distance from source frames in the members' feature space.
+
+    The score of a frame is the Mahalanobis distance of its features (:meth:`Ensemble.features
+    <elit_utils.ensemble.Ensemble.features>`: every member's bottleneck, averaged over the frame)
+    from the mean of reference source frames, with their covariance shrunk towards a diagonal by
+    the Ledoit-Wolf rule (there are fewer frames than features). This is the feature-space
+    detector of Lee et al. (NeurIPS 2018). We use it, rather than the frame's mean mutual
+    information, because it sees the input itself: MI rises only where the members disagree, and
+    is blind to shifts the pipeline normalises away (a coarser pixel, resampled, looks *cleaner*
+    to the networks and gives lower MI) and to shifts every member misreads alike.
+
+    ``limit``: frames scoring above it are flagged as out of distribution. It is set so that a
+    share ``false_alarm_rate`` of fresh source frames is flagged: the reference frames are split
+    into folds, each fold is scored by a detector fitted on the others (so its scores are those of
+    unseen frames), and the limit is the ``1 - false_alarm_rate`` quantile of those scores.
+
+    >>> rng = np.random.default_rng(0)
+    >>> detector = ShiftDetector.fit(rng.normal(size=(40, 3)))
+    >>> bool(detector.score(np.array([[0.0, 0.0, 0.0]]))[0] < detector.limit < detector.score(np.array([[6.0, 6.0, 6.0]]))[0])
+    True
+    """
+
+    mean: np.ndarray
+    precision_matrix: np.ndarray
+    limit: float
+
+    @staticmethod
+    def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.covariance import LedoitWolf
+
+        fitted = LedoitWolf().fit(features)
+        return fitted.location_, fitted.precision_
+
+    @classmethod
+    def fit(cls, reference_features: np.ndarray, false_alarm_rate: float = 0.05, n_folds: int = 8) -> ShiftDetector:
+        """Fit on source frames' features, (n frames, features); needs at least 4 frames."""
+        features = np.asarray(reference_features, float)
+        if features.ndim != 2 or len(features) < 4:
+            raise ValueError(f"ShiftDetector.fit needs features of at least 4 reference frames (n, features), got shape {features.shape}")
+        if not np.isfinite(features).all():
+            raise ValueError("the reference features contain NaN or inf")
+        if not 0 < false_alarm_rate < 1:
+            raise ValueError(f"false_alarm_rate must lie strictly between 0 and 1, got {false_alarm_rate}")
+        held_out = []
+        for fold in np.array_split(np.arange(len(features)), min(n_folds, len(features))):
+            mean, precision = cls._moments(np.delete(features, fold, axis=0))
+            held_out.append(_mahalanobis(features[fold], mean, precision))
+        mean, precision = cls._moments(features)
+        return cls(mean, precision, float(np.quantile(np.concatenate(held_out), 1 - false_alarm_rate)))
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Distance of each frame from the source frames (unitless; about sqrt(features) for a typical source frame)."""
+        features = np.atleast_2d(np.asarray(features, float))
+        if features.shape[1] != len(self.mean):
+            raise ValueError(f"features have {features.shape[1]} values per frame, the detector was fitted on {len(self.mean)}: another ensemble?")
+        return _mahalanobis(features, self.mean, self.precision_matrix)
+
+    def flags(self, features: np.ndarray) -> np.ndarray:
+        """True for each frame whose score exceeds the limit: out of distribution."""
+        return self.score(features) > self.limit
+
+
+def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = features - mean
+    return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred).clip(0, None))
+
+
+def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int) -> ShiftDetector:
+    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated source frames."""
+    data = dataset("source", n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
+    return ShiftDetector.fit(ensemble.features(data.images, sampling_A_per_px=data.conditions.sampling_A_per_px))
+
+
 # --------------------------------------------------------------------------- baseline
 
 
@@ -300,8 +378,9 @@ class SweepPoint:
     ensemble: DetectionScores
     members: list[DetectionScores]
     classical: DetectionScores
-    mean_mutual_information: float
+    frame_mutual_information: np.ndarray
     frame_shift_scores: np.ndarray
+    frame_flagged: np.ndarray
     atom_mutual_information: np.ndarray
     atom_entropy: np.ndarray
     atom_correct: np.ndarray
@@ -315,25 +394,31 @@ class SweepPoint:
         """F1 of each member."""
         return np.array([m.f1 for m in self.members])
 
+    @property
+    def mean_mutual_information(self) -> float:
+        """Mean over the point's frames of each frame's mean mutual information (nats)."""
+        return float(self.frame_mutual_information.mean())
 
-def judged_atoms(prediction: object, truth: list[np.ndarray], tolerance_A: float = 0.5) -> tuple[list, np.ndarray]:
+
+def judged_atoms(prediction: object, truth: list[np.ndarray], tolerance_A: float = 0.5, border_A: float = 0.5) -> tuple[list, np.ndarray]:
     """The atoms the ensemble finds in each frame of a stack prediction, and (all frames
-    concatenated) whether each is right: matched one-to-one to a true atom within ``tolerance_A``.
+    concatenated) whether each is right, judged as the F1 judges them
+    (:func:`~elit_utils.metrics.judge_atoms`): right when matched one-to-one to a true atom within
+    ``tolerance_A``; atoms in the ``border_A`` band that match no scored true atom are left out.
 
     >>> from elit_utils.ensemble import uncertainty_maps
-    >>> members = np.zeros((2, 1, 20, 20)); members[:, 0, 4:7, 4:7] = 0.9; members[:, 0, 14:17, 14:17] = 0.9
-    >>> tables, correct = judged_atoms(uncertainty_maps(members, 0.1), [np.array([[5.0, 5.0]])])
+    >>> members = np.zeros((2, 1, 20, 20)); members[:, 0, 6:9, 6:9] = 0.9; members[:, 0, 12:15, 12:15] = 0.9
+    >>> tables, correct = judged_atoms(uncertainty_maps(members, 0.1), [np.array([[7.0, 7.0]])], border_A=0.2)
     >>> len(tables[0]), correct.tolist()
     (2, [True, False])
     """
     tables, correct = [], []
     for index, true_px in enumerate(truth):
         table = locate_atoms(prediction.frame(index))
-        matched, _ = match_atoms(table.coordinates_px, true_px, tolerance_A / prediction.sampling_A_per_px)
-        is_correct = np.zeros(len(table), bool)
-        is_correct[matched] = True
-        tables.append(table)
-        correct.append(is_correct)
+        shape = prediction.mean.shape[1:]
+        scored, right = judge_atoms(table.coordinates_px, true_px, prediction.sampling_A_per_px, tolerance_A, shape, border_A)
+        tables.append(table.select(scored))
+        correct.append(right[scored])
     return tables, np.concatenate(correct) if correct else np.zeros(0, bool)
 
 
@@ -345,30 +430,34 @@ def evaluate_point(
     seed: int,
     image_size_px: int,
     finder: ClassicalFinder,
+    detector: ShiftDetector,
     tolerance_A: float = 0.5,
     border_A: float = 0.5,
 ) -> SweepPoint:
-    """Simulate ``n_images`` frames at one sweep point and score the ensemble, its members and the baseline."""
+    """Simulate ``n_images`` frames at one sweep point; score the ensemble, its members and the
+    baseline, and each frame's shift score (``detector``) and mean mutual information."""
     domain = shifted_domain(axis, value)
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     sampling = data.conditions.sampling_A_per_px
     prediction = ensemble.predict(data.images, sampling_A_per_px=sampling)
     truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
-    tables, correct = judged_atoms(prediction, truth, tolerance_A)
+    tables, correct = judged_atoms(prediction, truth, tolerance_A, border_A)
     members = [pooled_scores([find_atoms(m) for m in prediction.members[k]], truth, sampling, **score) for k in range(len(prediction.members))]
     classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
     rng = np.random.default_rng(seed)
     pick = rng.choice(prediction.mean.size, size=min(20000, prediction.mean.size), replace=False)
     example = {"image": data.images[0], "variance": prediction.variance[0], "mutual_information": prediction.mutual_information[0], "mean": prediction.mean[0]}
+    features = ensemble.features(data.images, sampling_A_per_px=sampling)
     return SweepPoint(
         axis,
         value,
-        pooled_scores([t.coordinates_px for t in tables], truth, sampling, **score),
+        pooled_scores([find_atoms(mean) for mean in prediction.mean], truth, sampling, **score),
         members,
         classical,
-        float(prediction.mutual_information.mean()),
         prediction.mutual_information.mean(axis=(1, 2)),
+        detector.score(features),
+        detector.flags(features),
         np.concatenate([t.mutual_information for t in tables]),
         np.concatenate([t.entropy for t in tables]),
         correct,
@@ -380,11 +469,18 @@ def evaluate_point(
 
 
 def sweep(
-    ensemble: object, axis: str, n_images: int, seed: int, image_size_px: int, finder: ClassicalFinder, values: tuple[float, ...] | None = None
+    ensemble: object,
+    axis: str,
+    n_images: int,
+    seed: int,
+    image_size_px: int,
+    finder: ClassicalFinder,
+    detector: ShiftDetector,
+    values: tuple[float, ...] | None = None,
 ) -> list[SweepPoint]:
     """Evaluate ``ensemble`` at every value of ``axis`` (default: :data:`SWEEP_AXES`'s values)."""
     values = values or SWEEP_AXES[axis][1]
-    return [evaluate_point(ensemble, axis, v, n_images, seed + 17 * i, image_size_px, finder) for i, v in enumerate(values)]
+    return [evaluate_point(ensemble, axis, v, n_images, seed + 17 * i, image_size_px, finder, detector) for i, v in enumerate(values)]
 
 
 def summarise(points: list[SweepPoint]) -> dict:
@@ -393,17 +489,22 @@ def summarise(points: list[SweepPoint]) -> dict:
     shifted = [p for p in points if not _is_source(p)]
     ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]
     ge_median = [p.ensemble.f1 >= np.median(p.member_f1) - 1e-12 for p in points]
-    per_axis, per_axis_mi, shift_per_axis = {}, {}, {}
-    source_scores = np.concatenate([p.frame_shift_scores for p in source]) if source else np.empty(0)
+    per_axis, per_axis_mi = {}, {}
     for axis in dict.fromkeys(p.axis for p in shifted):
         chosen = [p for p in shifted if p.axis == axis]
         wrong = ~np.concatenate([p.atom_correct for p in chosen])
         per_axis[axis] = auroc(np.concatenate([p.atom_entropy for p in chosen]), wrong)
         per_axis_mi[axis] = auroc(np.concatenate([p.atom_mutual_information for p in chosen]), wrong)
-        largest = chosen[-1].frame_shift_scores  # the axis' farthest point against all source frames
-        shift_per_axis[axis] = auroc(np.r_[source_scores, largest], np.r_[np.zeros(len(source_scores)), np.ones(len(largest))])
-    shift_scores = np.concatenate([p.frame_shift_scores for p in source + shifted])
-    shift_labels = np.concatenate([np.full(len(p.frame_shift_scores), not _is_source(p)) for p in source + shifted])
+    frame_labels = np.concatenate([np.full(len(p.frame_shift_scores), not _is_source(p)) for p in points])
+
+    def shift_auroc(score: str) -> float:
+        return auroc(np.concatenate([getattr(p, score) for p in points]), frame_labels)
+
+    def farthest_auroc(score: str) -> dict[str, float]:  # each axis' farthest point against all source frames
+        reference = np.concatenate([getattr(p, score) for p in source]) if source else np.empty(0)
+        farthest = {p.axis: getattr(p, score) for p in shifted}  # the last point of each axis wins
+        return {axis: auroc(np.r_[reference, s], np.r_[np.zeros(len(reference)), np.ones(len(s))]) for axis, s in farthest.items()}
+
     all_wrong = ~np.concatenate([p.atom_correct for p in shifted])
 
     def ece(group: list[SweepPoint]) -> float:
@@ -420,8 +521,13 @@ def summarise(points: list[SweepPoint]) -> dict:
             np.concatenate([p.pixel_mutual_information for p in shifted]),
             np.concatenate([(p.pixel_probability > 0.5) != p.pixel_truth for p in shifted]),
         ),
-        "shift_score_auroc": auroc(shift_scores, shift_labels),
-        "shift_score_auroc_farthest_per_axis": shift_per_axis,
+        "shift_score_auroc": shift_auroc("frame_shift_scores"),
+        "shift_score_auroc_farthest_per_axis": farthest_auroc("frame_shift_scores"),
+        "shift_score_auroc_mi": shift_auroc("frame_mutual_information"),
+        "shift_score_auroc_mi_farthest_per_axis": farthest_auroc("frame_mutual_information"),
+        "source_frames_flagged_fraction": float(np.concatenate([p.frame_flagged for p in source]).mean()) if source else float("nan"),
+        "shifted_frames_flagged_fraction": float(np.concatenate([p.frame_flagged for p in shifted]).mean()) if shifted else float("nan"),
+        "flagged_fraction_per_point": {f"{p.axis}={p.value:g}": float(p.frame_flagged.mean()) for p in points},
         "ece_source": ece(source) if source else float("nan"),
         "ece_shifted": ece(shifted) if shifted else float("nan"),
         "f1_table": {

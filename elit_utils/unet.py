@@ -130,15 +130,34 @@ class PackedUnet(nn.Module):
         joined = torch.cat([skip.reshape(b, n, -1, h, w), up.reshape(b, n, -1, h, w)], dim=2)
         return joined.reshape(b, -1, h, w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.n_members:
             raise ValueError(f"PackedUnet expects input (batch, {self.n_members} members, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % 8 or x.shape[-2] % 8:
             raise ValueError(f"image sides must be multiples of 8, got {tuple(x.shape[-2:])}")
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder's outputs at full, 1/2 and 1/4 resolution, and the bottleneck at 1/8."""
+        self._check_input(x)
         c1 = self.c1(x)
         c2 = self.c2(F.max_pool2d(c1, 2))
         c3 = self.c3(F.max_pool2d(c2, 2))
-        bottom = self.bn(F.max_pool2d(c3, 2))
+        return c1, c2, c3, self.bn(F.max_pool2d(c3, 2))
+
+    def bottleneck_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's bottleneck activations averaged over the image, (batch, members, channels).
+
+        What a member's encoder "sees" in a frame, summarised: the input to out-of-distribution
+        scores in feature space (:class:`elit_utils.ood.ShiftDetector`).
+
+        >>> PackedUnet(2, nb_filters=4).bottleneck_features(torch.zeros(1, 2, 16, 16)).shape
+        torch.Size([1, 2, 32])
+        """
+        bottom = self._encode(x)[-1]
+        return bottom.mean(dim=(-2, -1)).reshape(x.shape[0], self.n_members, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1, c2, c3, bottom = self._encode(x)
         u3 = self.c4(self._join(c3, self.upsample_block1(bottom)))
         u2 = self.c5(self._join(c2, self.upsample_block2(u3)))
         u1 = self.c6(self._join(c1, self.upsample_block3(u2)))

@@ -353,19 +353,31 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) ->
     return fig
 
 
-def plot_shift_scores(groups: dict[str, np.ndarray], marks: dict[str, float] | None = None) -> Figure:
-    """Histogram of frame shift scores (mean MI, nats) per group, with named vertical marks (e.g. real images)."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    values = np.concatenate([g for g in groups.values() if len(g)] + [np.array(list((marks or {}).values()))])
-    bins = np.logspace(np.log10(max(values.min(), 1e-5)), np.log10(values.max() * 1.05), 25)
-    for name, scores in groups.items():
-        ax.hist(scores, bins=bins, alpha=0.6, label=name)
-    for name, value in (marks or {}).items():
-        ax.axvline(value, color="black", ls="--", lw=1)
-        ax.text(value, ax.get_ylim()[1] * 0.9, f" {name}", rotation=90, va="top", fontsize=7)
-    ax.set_xscale("log")
-    ax.set(xlabel="frame shift score: mean mutual information (nats)", ylabel="frames")
-    ax.legend(fontsize=8)
+def plot_shift_scores(
+    scores: dict[str, dict[str, np.ndarray]], marks: dict[str, dict[str, float]] | None = None, limits: dict[str, float] | None = None
+) -> Figure:
+    """One panel per frame score: a histogram per group of frames (e.g. source, shifted), real frames
+    as named vertical marks, and the score's flag limit as a red line.
+
+    ``scores`` maps a score's name (the panel's x label) to {group: per-frame values};
+    ``marks`` and ``limits`` are keyed by the same score names.
+    """
+    marks, limits = marks or {}, limits or {}
+    fig, axes = plt.subplots(1, len(scores), figsize=(5.5 * len(scores), 3.4), squeeze=False)
+    for ax, (name, groups) in zip(axes[0], scores.items()):
+        named = marks.get(name, {})
+        values = np.concatenate([g for g in groups.values() if len(g)] + [np.array([*named.values(), *([limits[name]] if name in limits else [])])])
+        bins = np.logspace(np.log10(max(values.min(), 1e-5)), np.log10(values.max() * 1.05), 25)
+        for (group, values_of_group), hatch in zip(groups.items(), ("", "//", "..")):
+            ax.hist(values_of_group, bins=bins, alpha=0.55, label=group, hatch=hatch, edgecolor="0.3", linewidth=0.5)
+        for label, value in named.items():
+            ax.axvline(value, color="black", ls="--", lw=1)
+            ax.text(value, ax.get_ylim()[1] * 0.9, f" {label}", rotation=90, va="top", fontsize=7)
+        if name in limits:
+            ax.axvline(limits[name], color="tab:red", lw=1.5, label="flag limit")
+        ax.set_xscale("log")
+        ax.set(xlabel=name, ylabel="frames")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -146,7 +146,8 @@ class SweepExplorer:
         point = self.point
         self.summary.value = (
             f"{point.axis} = <b>{point.value:g}</b> {self.units[point.axis]}: ensemble F1 <b>{point.ensemble.f1:.3f}</b>, "
-            f"members {point.member_f1.min():.3f}-{point.member_f1.max():.3f}, mean MI {point.mean_mutual_information:.4f} nats"
+            f"members {point.member_f1.min():.3f}-{point.member_f1.max():.3f}, mean MI {point.mean_mutual_information:.4f} nats, "
+            f"flagged as shifted: {point.frame_flagged.sum()} of {len(point.frame_flagged)} frames"
         )
         example = point.example
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))

@@ -86,6 +86,17 @@ def test_find_atoms_drops_speckle_and_rejects_bad_input():
         find_atoms(probability, threshold=1.5)
 
 
+def test_touching_blobs_are_split_but_a_noisy_blob_is_not():
+    rows, cols = np.mgrid[0:40, 0:60]
+    blob = lambda r, c: np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 4.0**2))  # noqa: E731
+    pair = np.clip(blob(20, 24) + blob(20, 36), 0, 1)  # 1.2 A apart at 0.1 A/px: the blobs touch above 0.5
+    assert len(find_atoms(pair, min_prominence=1.0)) == 1
+    centres = find_atoms(pair)
+    assert len(centres) == 2 and np.allclose(np.sort(centres[:, 1]), [24, 36], atol=1.0)  # within 0.1 A; the valley pulls both inwards a little
+    ripple = blob(20, 30) * (1 + 0.03 * np.random.default_rng(0).standard_normal((40, 60)))
+    assert len(find_atoms(ripple)) == 1
+
+
 def test_border_leaves_out_atoms_cut_by_the_edge():
     true = np.array([[20.0, 20.0], [20.0, 0.2]])
     found = np.array([[20.0, 20.0], [20.0, 1.5], [39.6, 20.0]])  # a half blob at each edge
@@ -95,6 +106,15 @@ def test_border_leaves_out_atoms_cut_by_the_edge():
     assert (bordered.n_found, bordered.n_true, bordered.f1) == (1, 1, 1.0)
     with pytest.raises(ValueError, match="frame_shape"):
         detection_scores(found, true, 0.1, border_A=0.5)
+
+
+def test_border_never_splits_a_found_atom_from_its_true_atom():
+    """A true atom just inside the band's line and its found atom just outside (or the reverse) is a hit, not a miss and a false positive."""
+    true = np.array([[20.0, 5.0], [20.0, 20.0], [4.3, 30.0]])
+    found = np.array([[20.0, 4.2], [20.0, 20.0], [5.3, 30.0], [30.0, 30.0]])  # the last one is wrong
+    scores = detection_scores(found, true, 0.1, frame_shape=(40, 40), border_A=0.5)
+    assert (scores.n_true, scores.n_matched, scores.n_found) == (2, 2, 3)
+    assert scores.recall == 1.0 and scores.precision == pytest.approx(2 / 3)
 
 
 def _members_with_atoms(n_members, extra_for_first=True):

@@ -77,16 +77,64 @@ def test_classical_finder_finds_simulated_atoms():
 
 def test_sweep_bookkeeping(tmp_path):
     model = tiny_ensemble(tmp_path, 3)
-    points = ood.sweep(model, "dose", n_images=2, seed=5, image_size_px=32, finder=ood.ClassicalFinder(), values=(3e5, 1e4))
+    detector = ood.fit_shift_detector(model, 5, 1, 32)
+    points = ood.sweep(model, "dose", n_images=2, seed=5, image_size_px=32, finder=ood.ClassicalFinder(), detector=detector, values=(3e5, 1e4))
     assert [p.value for p in points] == [3e5, 1e4]
     for point in points:
-        assert len(point.members) == 3 and point.frame_shift_scores.shape == (2,)
-        # every atom the ensemble found has an uncertainty and a verdict; the scores leave out the edges
-        assert len(point.atom_mutual_information) == len(point.atom_correct) >= point.ensemble.n_found
+        assert len(point.members) == 3 and point.frame_shift_scores.shape == point.frame_flagged.shape == point.frame_mutual_information.shape == (2,)
+        # the atoms judged for error detection are exactly those the ensemble's F1 counts
+        assert len(point.atom_mutual_information) == len(point.atom_entropy) == len(point.atom_correct) == point.ensemble.n_found
+        assert point.atom_correct.sum() == point.ensemble.n_matched
         assert point.example["image"].shape == (32, 32)
     summary = ood.summarise(points)
-    assert set(summary) >= {"ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc"}
+    assert set(summary) >= {
+        "ensemble_ge_best_member_fraction",
+        "ensemble_ge_median_member_fraction",
+        "atom_error_auroc",
+        "shift_score_auroc",
+        "shift_score_auroc_mi",
+    }
     assert 0 <= summary["ensemble_ge_median_member_fraction"] <= 1
+    assert summary["flagged_fraction_per_point"]["dose=10000"] == points[1].frame_flagged.mean()
+
+
+def test_shift_detector_matches_scikit_learn_and_flags_far_frames():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(30, 8))
+    detector = ood.ShiftDetector.fit(reference)
+    fresh, far = rng.normal(size=(400, 8)), rng.normal(loc=3.0, size=(5, 8))
+    assert np.allclose(detector.score(far) ** 2, LedoitWolf().fit(reference).mahalanobis(far))
+    assert detector.flags(far).all() and 0.01 < detector.flags(fresh).mean() < 0.15  # about the 5 % false alarms asked for
+    folds = np.array_split(np.arange(30), 8)  # each fold scored by a detector fitted on the other frames
+    held_out = np.concatenate([ood.ShiftDetector.fit(np.delete(reference, fold, 0)).score(reference[fold]) for fold in folds])
+    assert detector.limit == pytest.approx(np.quantile(held_out, 0.95))
+    assert ood.ShiftDetector.fit(reference, false_alarm_rate=0.5).limit == pytest.approx(np.median(held_out))
+    with pytest.raises(ValueError, match="another ensemble"):
+        detector.score(rng.normal(size=(2, 9)))
+    with pytest.raises(ValueError, match="at least 4"):
+        ood.ShiftDetector.fit(reference[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        ood.ShiftDetector.fit(np.where(reference > 2, np.nan, reference))
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        ood.ShiftDetector.fit(reference, false_alarm_rate=0.0)
+
+
+def test_ensemble_features_summarise_frames_of_any_size_and_pixel_size(tmp_path):
+    model = tiny_ensemble(tmp_path, 2)
+    channels = 8 * model.record["architecture"]["nb_filters"]
+    rng = np.random.default_rng(0)
+    frames = rng.random((3, 40, 40)).astype(np.float32)
+    features = model.features(frames, sampling_A_per_px=model.sampling_A_per_px)
+    assert features.shape == (3, 2 * channels) and np.isfinite(features).all()
+    assert np.allclose(model.features(frames[1]), features[1], atol=1e-4)  # one frame alone, same answer
+    coarse = model.features(frames[:1], sampling_A_per_px=2 * model.sampling_A_per_px)  # resampled to 80 px first
+    assert coarse.shape == (1, 2 * channels) and not np.allclose(coarse, features[:1], atol=1e-3)
+    tiled = model.features(rng.random((100, 100)).astype(np.float32), tile_px=48)
+    assert tiled.shape == (1, 2 * channels)
+    with pytest.raises(ValueError, match="NaN"):
+        model.features(np.full((16, 16), np.nan))
 
 
 def test_site_uncertainty_marks_found_atoms_and_their_kinds():

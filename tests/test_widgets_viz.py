@@ -37,11 +37,13 @@ def test_sweep_explorer_moves_along_the_sweep(tmp_path):
     from elit_utils.widgets import SweepExplorer
 
     model = tiny_ensemble(tmp_path, 2)
-    points = {axis: ood.sweep(model, axis, 1, 0, 32, ood.ClassicalFinder(), values=ood.SWEEP_AXES[axis][1][:2]) for axis in ("dose", "defocus")}
+    detector = ood.fit_shift_detector(model, 4, 1, 32)
+    points = {axis: ood.sweep(model, axis, 1, 0, 32, ood.ClassicalFinder(), detector, values=ood.SWEEP_AXES[axis][1][:2]) for axis in ("dose", "defocus")}
     explorer = SweepExplorer(points, {"dose": "e/Å²", "defocus": "Å"})
     first = explorer.summary.value
     explorer.position.value = 1
     assert explorer.point.value == 1e5 and explorer.summary.value != first and "100000" in explorer.summary.value
+    assert "flagged as shifted" in explorer.summary.value
     explorer.axis.value = "defocus"
     assert explorer.position.value == 0 and explorer.point.axis == "defocus" and "defocus" in explorer.summary.value
     assert len(explorer.output.outputs) == 1
@@ -50,8 +52,9 @@ def test_sweep_explorer_moves_along_the_sweep(tmp_path):
 def test_ood_figures_have_labelled_axes():
     fig = viz.plot_reliability({"source": (np.array([0.1, 0.9]), np.array([0.1, 0.8]), 0.05)})
     assert fig.axes[0].get_xlabel() == "predicted probability of 'atom'"
-    fig = viz.plot_shift_scores({"a": np.array([1e-3, 2e-3]), "b": np.array([1e-2, 3e-2])}, {"real": 5e-3})
-    assert "mutual information" in fig.axes[0].get_xlabel()
+    name = "mean mutual information (nats)"
+    fig = viz.plot_shift_scores({name: {"a": np.array([1e-3, 2e-3]), "b": np.array([1e-2, 3e-2])}}, {name: {"real": 5e-3}}, {name: 4e-3})
+    assert fig.axes[0].get_xlabel() == name and "flag limit" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     fig = viz.plot_error_detection({"dose": (np.array([0.1, 0.9]), np.array([False, True]))}, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
     assert [ax.get_title() for ax in fig.axes] == ["uncertainty as an error detector", "risk-coverage"]
 
