@@ -24,6 +24,14 @@ def test_auroc_matches_the_pairwise_definition():
     assert ood.auroc(scores, labels) == pytest.approx(pairwise)
 
 
+def test_auroc_matches_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    scores, labels = rng.integers(0, 20, 5000) / 20, rng.random(5000) < 0.2
+    assert ood.auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
 def test_calibration_of_a_calibrated_and_an_overconfident_predictor():
     rng = np.random.default_rng(2)
     probability = rng.random(200_000)
