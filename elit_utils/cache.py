@@ -106,7 +106,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     {'f1': 0.99}
     """
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -174,8 +175,11 @@ def config_hash(config: Any, length: int = 16) -> str:
 def to_jsonable(value: Any) -> Any:
     """Turn dataclasses, tuples and numpy scalars/arrays into plain JSON types.
 
-    >>> to_jsonable((1, 2.5))
-    [1, 2.5]
+    JSON has no NaN or infinity, so a number that is not finite becomes ``None`` (null):
+    "no value", e.g. an AUROC where there was nothing to detect.
+
+    >>> to_jsonable((1, 2.5, float("nan")))
+    [1, 2.5, None]
     """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -184,5 +188,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return value.tolist()
+        return to_jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value

@@ -117,6 +117,8 @@ def save_figure(figure: Any, name: str, results: str | Path | None = None, forma
 
 
 def _format_value(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, dict):

@@ -87,6 +87,15 @@ def test_broken_metrics_file_is_reported_not_overwritten(tmp_path):
     assert Path(tmp_path / "metrics.json").read_text() == "{broken"
 
 
+def test_metrics_without_a_value_are_valid_json(tmp_path):
+    """An AUROC with nothing to detect is NaN in Python; metrics.json holds null, summary.md says n/a."""
+    report.record_metrics("ood", {"auroc_per_axis": {"dose": 0.9, "sampling": float("nan")}, "limit": np.float32("inf")}, profile="smoke", results=tmp_path)
+    raw = (tmp_path / "metrics.json").read_text()
+    values = json.loads(raw, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))["ood"]["values"]
+    assert values == {"auroc_per_axis": {"dose": 0.9, "sampling": None}, "limit": None}
+    assert "| auroc_per_axis | dose: 0.9, sampling: n/a |" in report.write_summary(tmp_path).read_text()
+
+
 def test_summary_shortens_long_tables(tmp_path):
     report.record_metrics("big", {"table": {f"k{i}": i for i in range(40)}}, profile="smoke", results=tmp_path)
     assert "| table | 40 entries (see metrics.json) |" in report.write_summary(tmp_path).read_text()
