@@ -531,7 +531,7 @@ class Ensemble:
         """Each frame's summary in the members' feature space, (n frames, members x channels).
 
         Every member's bottleneck activations, averaged over the frame (at the training pixel
-        size, in tiles of at most ``tile_px`` for large frames, weighted by tile area). Frames
+        size, in equal tiles of at most ``tile_px`` for large frames, weighted by tile area). Frames
         that look alike to the networks lie close together: :class:`elit_utils.ood.ShiftDetector`
         measures how far a frame lies from the source frames.
         """
@@ -541,9 +541,11 @@ class Ensemble:
         summaries = []
         for work in work_frames:
             pooled, weights = [], []
-            for r in range(0, work.shape[0], tile):
-                for c in range(0, work.shape[1], tile):
-                    piece = work[r : r + tile, c : c + tile]
+            row_parts = np.array_split(np.arange(work.shape[0]), -(-work.shape[0] // tile))  # equal tiles, none a thin strip
+            col_parts = np.array_split(np.arange(work.shape[1]), -(-work.shape[1] // tile))
+            for rows in row_parts:
+                for cols in col_parts:
+                    piece = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
                     padded = np.pad(piece, ((0, -piece.shape[0] % 8), (0, -piece.shape[1] % 8)), mode="reflect")
                     x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
                     with _autocast(self.device, bf16):
