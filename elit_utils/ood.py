@@ -296,7 +296,7 @@ class ShiftDetector:
         return cls(mean, precision, float(np.quantile(np.concatenate(held_out), 1 - false_alarm_rate)))
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Distance of each frame from the source frames (unitless; about sqrt(features) for a typical source frame)."""
+        """Distance of each frame from the source frames (unitless: the larger, the less like them)."""
         features = np.atleast_2d(np.asarray(features, float))
         if features.shape[1] != len(self.mean):
             raise ValueError(f"features have {features.shape[1]} values per frame, the detector was fitted on {len(self.mean)}: another ensemble?")
