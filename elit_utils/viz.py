@@ -321,14 +321,20 @@ def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity
 
 
 def plot_error_detection(uncertainty_by_group: dict[str, tuple[np.ndarray, np.ndarray]], coverage_curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
-    """Left: ROC of per-atom uncertainty detecting wrong atoms, per group. Right: precision vs coverage."""
+    """Left: ROC of per-atom uncertainty detecting wrong atoms, per group, AUROC in the legend
+    (a group with no wrong atoms has no curve: there is nothing to detect). Right: precision vs coverage."""
+    from .ood import auroc
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     for name, (scores, wrong) in uncertainty_by_group.items():
+        if not np.any(wrong) or np.all(wrong):
+            left.plot([], [], ls="none", label=f"{name}: no {'wrong' if not np.any(wrong) else 'right'} atoms")
+            continue
         order = np.argsort(-scores)
         wrong_sorted = wrong[order].astype(float)
         tpr = np.r_[0, np.cumsum(wrong_sorted) / max(wrong_sorted.sum(), 1)]
         fpr = np.r_[0, np.cumsum(1 - wrong_sorted) / max((1 - wrong_sorted).sum(), 1)]
-        left.plot(fpr, tpr, label=name)
+        left.plot(fpr, tpr, label=f"{name} (AUROC {auroc(scores, wrong):.2f})")
     left.plot([0, 1], [0, 1], color="0.7", ls=":")
     left.set(xlabel="false-alarm rate (correct atoms flagged)", ylabel="detection rate (wrong atoms flagged)", title="uncertainty as an error detector")
     left.legend(fontsize=7)

@@ -55,8 +55,10 @@ def test_ood_figures_have_labelled_axes():
     name = "mean mutual information (nats)"
     fig = viz.plot_shift_scores({name: {"a": np.array([1e-3, 2e-3]), "b": np.array([1e-2, 3e-2])}}, {name: {"real": 5e-3}}, {name: 4e-3})
     assert fig.axes[0].get_xlabel() == name and "flag limit" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    fig = viz.plot_error_detection({"dose": (np.array([0.1, 0.9]), np.array([False, True]))}, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
+    by_axis = {"dose": (np.array([0.1, 0.9]), np.array([False, True])), "sampling": (np.array([0.2, 0.3]), np.array([False, False]))}
+    fig = viz.plot_error_detection(by_axis, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
     assert [ax.get_title() for ax in fig.axes] == ["uncertainty as an error detector", "risk-coverage"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["dose (AUROC 1.00)", "sampling: no wrong atoms"]
 
 
 def _toy_frame(seed=0):
