@@ -53,6 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .config import get_profile
     from .ensemble import profile_training, train_ensemble
+    from .ood import SHIFT_DETECTOR_FILE, fit_shift_detector
     from .simulate import dataset
 
     profile = get_profile(args.profile)
@@ -67,6 +68,11 @@ def _train(args: argparse.Namespace) -> int:
     )
     final = ensemble.loss_histories()[-10:].mean(axis=0)
     print(f"Done: {ensemble.n_members} members; final loss per member: {', '.join(f'{v:.3f}' for v in final)}")
+    detector_path = Path(args.out) / SHIFT_DETECTOR_FILE
+    if not detector_path.exists():  # fresh frames of the training domain, not the training images
+        detector = fit_shift_detector(ensemble, profile.n_shift_reference_images, args.seed + 4000, profile.image_size_px, args.domain)
+        detector.save(detector_path)
+        print(f"Shift detector fitted on {profile.n_shift_reference_images} fresh {args.domain} frames (limit {detector.limit:.1f}) -> {detector_path.name}")
     return 0
 
 
@@ -76,14 +82,21 @@ def _predict(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .cache import atomic_path
     from .ensemble import Ensemble
     from .io import load_image
     from .locate import locate_atoms
     from .viz import show_atoms_with_uncertainty
 
     out = Path(args.out)
+    frames_csv = out / "frames.csv"
+    if frames_csv.exists() and not args.overwrite:
+        print(f"error: {frames_csv} already exists; choose another --out or pass --overwrite.", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     ensemble = Ensemble.load(args.model)
+    detector = _shift_detector(Path(args.model))
+    rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"]
     for path in map(Path, args.images):
         targets = [out / f"{path.stem}.csv", out / f"{path.stem}.png"]
         if any(t.exists() for t in targets) and not args.overwrite:
@@ -96,8 +109,33 @@ def _predict(args: argparse.Namespace) -> int:
         fig = show_atoms_with_uncertainty(loaded.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, loaded.sampling_A_per_px, path.name)
         fig.savefig(targets[1], dpi=120, bbox_inches="tight")
         plt.close(fig)
-        print(f"{path.name}: {len(atoms)} atoms, mean frame MI {prediction.mutual_information.mean():.4f} nats -> {targets[0].name}, {targets[1].name}")
+        mean_mi = float(prediction.mutual_information.mean())
+        fields, shift = _shift_check(detector, ensemble, loaded)
+        rows.append(f"{path.name},{len(atoms)},{mean_mi:.5f},{fields}")
+        print(f"{path.name}: {len(atoms)} atoms, mean frame MI {mean_mi:.4f} nats{shift} -> {targets[0].name}, {targets[1].name}")
+    with atomic_path(frames_csv) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
     return 0
+
+
+def _shift_check(detector: object | None, ensemble: object, loaded: object) -> tuple[str, str]:
+    """For one frame: CSV fields (feature distance, limit, out of distribution) and a sentence; blank without a detector."""
+    if detector is None:
+        return ",,", ""
+    distance = float(detector.score(ensemble.features(loaded.image, sampling_A_per_px=loaded.sampling_A_per_px))[0])
+    flagged = distance > detector.limit
+    verdict = "OUT OF DISTRIBUTION: check the atoms, or adapt the model (elit adapt)" if flagged else "like the training frames"
+    return f"{distance:.2f},{detector.limit:.2f},{flagged}", f", feature distance {distance:.1f} (limit {detector.limit:.1f}): {verdict}"
+
+
+def _shift_detector(model: Path) -> object | None:
+    """The model folder's shift detector, or None (with a note) when it has none."""
+    from .ood import SHIFT_DETECTOR_FILE, ShiftDetector
+
+    if not (model / SHIFT_DETECTOR_FILE).exists():
+        print(f"note: {model} has no {SHIFT_DETECTOR_FILE} (elit train writes one), so frames are not checked for a shift.")
+        return None
+    return ShiftDetector.load(model / SHIFT_DETECTOR_FILE)
 
 
 def _adapt(args: argparse.Namespace) -> int:
@@ -192,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="model folder: ensemble.json and member_NNNN.safetensors/.json")
     train.set_defaults(handler=_train)
 
-    predict = commands.add_parser("predict", help="find atoms with uncertainty in micrographs (CSV and PNG per image)")
+    predict = commands.add_parser(
+        "predict", help="find atoms with uncertainty in micrographs (CSV and PNG per image) and check each frame for a shift (frames.csv)"
+    )
     predict.add_argument("images", nargs="+", help="image files: .npy .tif .png .h5 .dm3 .dm4 .emd")
     predict.add_argument("--model", required=True, help="model folder written by elit train")
     predict.add_argument("--sampling", type=float, default=None, help="pixel size in A/px when the file has none")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -306,15 +307,46 @@ class ShiftDetector:
         """True for each frame whose score exceeds the limit: out of distribution."""
         return self.score(features) > self.limit
 
+    def save(self, path: str | Path) -> None:
+        """Write the detector as safetensors (atomically), e.g. beside the ensemble it belongs to."""
+        from safetensors.numpy import save_file
+
+        from .cache import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({"mean": self.mean, "precision_matrix": self.precision_matrix}, str(tmp), metadata={"limit": repr(self.limit)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShiftDetector:
+        """Read a detector written by :meth:`save` (no unpickling).
+
+        >>> import tempfile; from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / SHIFT_DETECTOR_FILE
+        >>> ShiftDetector(np.zeros(2), np.eye(2), 3.0).save(path)
+        >>> ShiftDetector.load(path).limit
+        3.0
+        """
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as stored:
+            limit = (stored.metadata() or {}).get("limit")
+            if limit is None or set(stored.keys()) != {"mean", "precision_matrix"}:
+                raise ValueError(f"{path} is not a shift detector written by ShiftDetector.save")
+            return cls(stored.get_tensor("mean"), stored.get_tensor("precision_matrix"), float(limit))
+
 
 def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     centred = features - mean
     return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred).clip(0, None))
 
 
-def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int) -> ShiftDetector:
-    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated source frames."""
-    data = dataset("source", n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
+#: The shift detector's file in an ensemble's folder (written by ``elit train``, used by ``elit predict``).
+SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
+
+
+def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> ShiftDetector:
+    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated frames of the training ``domain``."""
+    data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     return ShiftDetector.fit(ensemble.features(data.images, sampling_A_per_px=data.conditions.sampling_A_per_px))
 
 

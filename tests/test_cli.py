@@ -94,7 +94,12 @@ def test_train_then_predict_writes_atoms_with_uncertainty(tmp_path, capsys):
     np.save(image, np.random.default_rng(0).random((40, 48)))
     assert main(["predict", str(image), "--model", str(model), "--out", str(tmp_path / "out")]) == 2
     assert "no pixel size" in capsys.readouterr().err
+    assert (model / "shift_detector.safetensors").exists()  # elit train fits one on fresh frames
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 0
+    assert "feature distance" in capsys.readouterr().out
+    frames = (tmp_path / "out" / "frames.csv").read_text().splitlines()
+    assert frames[0] == "image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution" and frames[1].startswith("frame.npy,")
+    assert frames[1].split(",")[-1] == "True"  # uniform noise is nothing like a graphene frame
     header = (tmp_path / "out" / "frame.csv").read_text().splitlines()[0]
     assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
     assert (tmp_path / "out" / "frame.png").stat().st_size > 0

@@ -129,6 +129,18 @@ def test_shift_detector_matches_scikit_learn_and_flags_far_frames():
         ood.ShiftDetector.fit(reference, false_alarm_rate=0.0)
 
 
+def test_shift_detector_saves_and_loads_without_pickle(tmp_path):
+    from safetensors.numpy import save_file
+
+    detector = ood.ShiftDetector.fit(np.random.default_rng(2).normal(size=(12, 5)))
+    detector.save(tmp_path / ood.SHIFT_DETECTOR_FILE)
+    loaded = ood.ShiftDetector.load(tmp_path / ood.SHIFT_DETECTOR_FILE)
+    assert loaded.limit == detector.limit and np.array_equal(loaded.precision_matrix, detector.precision_matrix)
+    save_file({"weight": np.zeros(3)}, str(tmp_path / "member.safetensors"))
+    with pytest.raises(ValueError, match="not a shift detector"):
+        ood.ShiftDetector.load(tmp_path / "member.safetensors")
+
+
 def test_ensemble_features_summarise_frames_of_any_size_and_pixel_size(tmp_path):
     model = tiny_ensemble(tmp_path, 2)
     channels = 8 * model.record["architecture"]["nb_filters"]
