@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .locate import find_atoms, locate_atoms
-from .metrics import DetectionScores, judge_atoms, match_atoms, pooled_scores
+from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pooled_scores
 from .simulate import DOMAINS, Domain, dataset
 
 #: The sweeps: axis name -> (what it changes, values from the source setting outwards, unit).
@@ -419,6 +419,8 @@ class SweepPoint:
     pixel_probability: np.ndarray
     pixel_truth: np.ndarray
     pixel_mutual_information: np.ndarray
+    ensemble_counts: np.ndarray
+    member_counts: np.ndarray
     example: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -475,7 +477,9 @@ def evaluate_point(
     truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
     tables, correct = judged_atoms(prediction, truth, tolerance_A, border_A)
-    members = [pooled_scores([find_atoms(m) for m in prediction.members[k]], truth, sampling, **score) for k in range(len(prediction.members))]
+    ensemble_found = [find_atoms(mean) for mean in prediction.mean]
+    member_found = [[find_atoms(m) for m in member] for member in prediction.members]
+    members = [pooled_scores(found, truth, sampling, **score) for found in member_found]
     classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
     rng = np.random.default_rng(seed)
     pick = rng.choice(prediction.mean.size, size=min(20000, prediction.mean.size), replace=False)
@@ -484,7 +488,7 @@ def evaluate_point(
     return SweepPoint(
         axis,
         value,
-        pooled_scores([find_atoms(mean) for mean in prediction.mean], truth, sampling, **score),
+        pooled_scores(ensemble_found, truth, sampling, **score),
         members,
         classical,
         prediction.mutual_information.mean(axis=(1, 2)),
@@ -496,8 +500,49 @@ def evaluate_point(
         prediction.mean.ravel()[pick],
         data.atom_mask.ravel()[pick],
         prediction.mutual_information.ravel()[pick],
+        frame_counts(ensemble_found, truth, sampling, **score),
+        np.stack([frame_counts(found, truth, sampling, **score) for found in member_found]),
         example,
     )
+
+
+def frame_counts(found: list[np.ndarray], truth: list[np.ndarray], sampling_A_per_px: float, **score: object) -> np.ndarray:
+    """Matched, found and true atoms of each frame, (frames, 3), as :func:`~elit_utils.metrics.detection_scores` counts them.
+
+    >>> frame_counts([np.array([[5.0, 5.0]])], [np.array([[5.0, 5.2], [20.0, 20.0]])], 0.1).tolist()
+    [[1, 1, 2]]
+    """
+    rows = [detection_scores(f, t, sampling_A_per_px, **score) for f, t in zip(found, truth)]
+    return np.array([[r.n_matched, r.n_found, r.n_true] for r in rows], int).reshape(-1, 3)
+
+
+def _pooled_f1(counts: np.ndarray) -> np.ndarray:
+    """F1 pooled over frames (the last-but-one axis) from (..., frames, 3) counts: 2 matched / (found + true)."""
+    matched, found, true = (counts[..., :, k].sum(axis=-1) for k in range(3))
+    return np.where(found + true > 0, 2 * matched / np.maximum(found + true, 1), 1.0)
+
+
+def ensemble_minus_median_interval(
+    ensemble_counts: np.ndarray, member_counts: np.ndarray, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Bootstrap interval of (ensemble F1 - median member's F1) over the frames of a point.
+
+    Frames are drawn with replacement and the ensemble and every member are scored on the same
+    draw (paired), so the interval shows whether a difference is larger than the luck of which
+    frames were simulated. ``ensemble_counts`` is (frames, 3) and ``member_counts`` (members,
+    frames, 3), from :func:`frame_counts`.
+
+    >>> ensemble = np.array([[9, 10, 10]] * 4)
+    >>> members = np.array([[[9, 10, 10]] * 4, [[8, 10, 10]] * 4, [[10, 10, 10]] * 4])
+    >>> ensemble_minus_median_interval(ensemble, members)
+    (0.0, 0.0)
+    """
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ensemble_counts), (n_resamples, len(ensemble_counts)))
+    differences = [_pooled_f1(ensemble_counts[d]) - np.median(_pooled_f1(member_counts[:, d])) for d in draws]
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(differences, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def sweep(
@@ -521,6 +566,7 @@ def summarise(points: list[SweepPoint]) -> dict:
     shifted = [p for p in points if not _is_source(p)]
     ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]
     ge_median = [p.ensemble.f1 >= np.median(p.member_f1) - 1e-12 for p in points]
+    intervals = {f"{p.axis}={p.value:g}": ensemble_minus_median_interval(p.ensemble_counts, p.member_counts) for p in points}
     per_axis, per_axis_mi = {}, {}
     for axis in dict.fromkeys(p.axis for p in shifted):
         chosen = [p for p in shifted if p.axis == axis]
@@ -545,6 +591,9 @@ def summarise(points: list[SweepPoint]) -> dict:
     return {
         "ensemble_ge_best_member_fraction": float(np.mean(ge_best)),
         "ensemble_ge_median_member_fraction": float(np.mean(ge_median)),
+        "ensemble_minus_median_interval": intervals,
+        "ensemble_not_worse_than_median_fraction": float(np.mean([high >= 0 for _, high in intervals.values()])),
+        "ensemble_better_than_median_fraction": float(np.mean([low > 0 for low, _ in intervals.values()])),
         "atom_error_auroc": auroc(np.concatenate([p.atom_entropy for p in shifted]), all_wrong),
         "atom_error_auroc_per_axis": per_axis,
         "atom_error_auroc_mi": auroc(np.concatenate([p.atom_mutual_information for p in shifted]), all_wrong),

@@ -93,6 +93,10 @@ def test_sweep_bookkeeping(tmp_path):
         # the atoms judged for error detection are exactly those the ensemble's F1 counts
         assert len(point.atom_mutual_information) == len(point.atom_entropy) == len(point.atom_correct) == point.ensemble.n_found
         assert point.atom_correct.sum() == point.ensemble.n_matched
+        # the per-frame counts behind the bootstrap add up to the pooled scores
+        assert point.ensemble_counts.shape == (2, 3) and point.member_counts.shape == (3, 2, 3)
+        assert point.ensemble_counts.sum(axis=0).tolist() == [point.ensemble.n_matched, point.ensemble.n_found, point.ensemble.n_true]
+        assert point.member_counts[1].sum(axis=0).tolist() == [point.members[1].n_matched, point.members[1].n_found, point.members[1].n_true]
         assert point.example["image"].shape == (32, 32)
     summary = ood.summarise(points)
     assert set(summary) >= {
@@ -104,6 +108,20 @@ def test_sweep_bookkeeping(tmp_path):
     }
     assert 0 <= summary["ensemble_ge_median_member_fraction"] <= 1
     assert summary["flagged_fraction_per_point"]["dose=10000"] == points[1].frame_flagged.mean()
+    low, high = summary["ensemble_minus_median_interval"]["dose=10000"]
+    assert low <= points[1].ensemble.f1 - np.median(points[1].member_f1) <= high
+
+
+def test_bootstrap_interval_separates_a_real_difference_from_luck():
+    rng = np.random.default_rng(4)
+    true = np.full(30, 100)
+    members = np.stack([np.column_stack([rng.binomial(100, 0.90, 30), true, true]) for _ in range(5)])
+    better = np.column_stack([rng.binomial(100, 0.97, 30), true, true])  # 7 points of recall more, every frame
+    alike = members[2]
+    low, high = ood.ensemble_minus_median_interval(better, members)
+    assert 0 < low < 0.07 < high
+    low, high = ood.ensemble_minus_median_interval(alike, members)
+    assert low <= 0 <= high
 
 
 def test_shift_detector_matches_scikit_learn_and_flags_far_frames():
