@@ -159,12 +159,12 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     >>> locate_atoms(p, threshold=0.4).vote_fraction.tolist()
     [1.0, 0.5]
     """
-    mean = np.asarray(prediction.mean)
+    mean = np.asarray(prediction.mean, float)
     members = np.asarray(prediction.members)
     if mean.ndim != 2 or members.shape[1:] != mean.shape:
         raise ValueError(f"locate_atoms expects one frame: mean (H, W) and members (N, H, W), got {mean.shape} and {members.shape}")
-    regions, kept = _kept_regions(mean.astype(float), threshold, min_area_px, min_prominence)
-    centres = np.array(ndimage.center_of_mass(mean.astype(float), regions, kept), float).reshape(-1, 2)
+    regions, kept = _kept_regions(mean, threshold, min_area_px, min_prominence)
+    centres = np.array(ndimage.center_of_mass(mean, regions, kept), float).reshape(-1, 2)
     information = np.asarray(ndimage.mean(prediction.mutual_information, regions, kept)).reshape(-1)
     entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
     variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)

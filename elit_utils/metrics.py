@@ -205,7 +205,16 @@ def pooled_scores(
         raise ValueError(f"{len(found)} frames of found atoms but {len(true)} of true atoms")
     samplings = sampling_A_per_px if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * len(found)
     shapes = frame_shape if frame_shape is not None and np.ndim(frame_shape[0]) == 1 else [frame_shape] * len(found)
-    per_frame = [detection_scores(f, t, s, tolerance_A, shape, border_A) for f, t, s, shape in zip(found, true, samplings, shapes)]
+    return pool_scores([detection_scores(f, t, s, tolerance_A, shape, border_A) for f, t, s, shape in zip(found, true, samplings, shapes)])
+
+
+def pool_scores(per_frame: Sequence[DetectionScores]) -> DetectionScores:
+    """Scores of many frames from each frame's scores: counts pooled (micro-average), RMSE over all matches.
+
+    >>> one = DetectionScores(2, 2, 1, 0.5, 0.5, 0.5, 0.1)
+    >>> pool_scores([one, one]).n_matched, pool_scores([one, one]).f1
+    (2, 0.5)
+    """
     n_found = sum(s.n_found for s in per_frame)
     n_true = sum(s.n_true for s in per_frame)
     n_matched = sum(s.n_matched for s in per_frame)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .locate import find_atoms, locate_atoms
-from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pooled_scores
+from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pool_scores, pooled_scores
 from .simulate import DOMAINS, Domain, dataset
 
 #: The sweeps: axis name -> (what it changes, values from the source setting outwards, unit).
@@ -477,9 +477,8 @@ def evaluate_point(
     truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
     score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
     tables, correct = judged_atoms(prediction, truth, tolerance_A, border_A)
-    ensemble_found = [find_atoms(mean) for mean in prediction.mean]
-    member_found = [[find_atoms(m) for m in member] for member in prediction.members]
-    members = [pooled_scores(found, truth, sampling, **score) for found in member_found]
+    ensemble_frames = frame_scores([find_atoms(mean) for mean in prediction.mean], truth, sampling, **score)
+    member_frames = [frame_scores([find_atoms(m) for m in member], truth, sampling, **score) for member in prediction.members]
     classical = pooled_scores([classical_atoms(image, sampling, finder) for image in data.images], truth, sampling, **score)
     rng = np.random.default_rng(seed)
     pick = rng.choice(prediction.mean.size, size=min(20000, prediction.mean.size), replace=False)
@@ -488,8 +487,8 @@ def evaluate_point(
     return SweepPoint(
         axis,
         value,
-        pooled_scores(ensemble_found, truth, sampling, **score),
-        members,
+        pool_scores(ensemble_frames),
+        [pool_scores(frames) for frames in member_frames],
         classical,
         prediction.mutual_information.mean(axis=(1, 2)),
         detector.score(features),
@@ -500,20 +499,24 @@ def evaluate_point(
         prediction.mean.ravel()[pick],
         data.atom_mask.ravel()[pick],
         prediction.mutual_information.ravel()[pick],
-        frame_counts(ensemble_found, truth, sampling, **score),
-        np.stack([frame_counts(found, truth, sampling, **score) for found in member_found]),
+        frame_counts(ensemble_frames),
+        np.stack([frame_counts(frames) for frames in member_frames]),
         example,
     )
 
 
-def frame_counts(found: list[np.ndarray], truth: list[np.ndarray], sampling_A_per_px: float, **score: object) -> np.ndarray:
-    """Matched, found and true atoms of each frame, (frames, 3), as :func:`~elit_utils.metrics.detection_scores` counts them.
+def frame_scores(found: list[np.ndarray], truth: list[np.ndarray], sampling_A_per_px: float, **score: object) -> list[DetectionScores]:
+    """Each frame's :func:`~elit_utils.metrics.detection_scores` (``score``: tolerance, frame shape, border)."""
+    return [detection_scores(f, t, sampling_A_per_px, **score) for f, t in zip(found, truth)]
 
-    >>> frame_counts([np.array([[5.0, 5.0]])], [np.array([[5.0, 5.2], [20.0, 20.0]])], 0.1).tolist()
+
+def frame_counts(per_frame: list[DetectionScores]) -> np.ndarray:
+    """Matched, found and true atoms of each frame, (frames, 3).
+
+    >>> frame_counts(frame_scores([np.array([[5.0, 5.0]])], [np.array([[5.0, 5.2], [20.0, 20.0]])], 0.1)).tolist()
     [[1, 1, 2]]
     """
-    rows = [detection_scores(f, t, sampling_A_per_px, **score) for f, t in zip(found, truth)]
-    return np.array([[r.n_matched, r.n_found, r.n_true] for r in rows], int).reshape(-1, 3)
+    return np.array([[r.n_matched, r.n_found, r.n_true] for r in per_frame], int).reshape(-1, 3)
 
 
 def _pooled_f1(counts: np.ndarray) -> np.ndarray:
