@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= $(or $(ELIT_PROFILE),quick)
 
-.PHONY: reproduce test test-browser dashboard lint format lab bench clean-cache
+.PHONY: reproduce test test-browser test-colab dashboard lint format lab bench clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[lab,dev]'
 	touch $(STAMP)
 
 ## Run every notebook headless (papermill) and write results/: executed notebooks, figures, metrics.json, summary.md.
@@ -25,6 +25,11 @@ test: lint
 test-browser: $(STAMP)
 	@command -v chromium >/dev/null || test -n "$$ELIT_CHROMIUM" || { echo "test-browser needs Chromium: apt-get install chromium (or set ELIT_CHROMIUM)" >&2; exit 1; }
 	$(BIN)/python -m pytest -m browser tests/browser
+
+## A Colab stand-in: build the wheel, install it into a fresh environment (no checkout), run every
+## notebook alone and cold in an empty folder (smoke, no shared images), and the widget tests under ipywidgets 7.7.
+test-colab: $(STAMP)
+	$(BIN)/python .ci/colab_standin.py
 
 ## Serve the uncertainty explorer as a web page without code (Voila) at http://localhost:8866.
 dashboard: $(STAMP)

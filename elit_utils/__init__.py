@@ -9,9 +9,9 @@ and ``reproduce`` (results), ``cli`` (the ``elit`` command).
 'smoke'
 """
 
-from .config import get_profile
+from .config import VERSION, get_profile
 from .report import record_metrics, save_figure
 from .runtime import setup
 
-__version__ = "0.1.0"
+__version__ = VERSION
 __all__ = ["__version__", "get_profile", "record_metrics", "save_figure", "setup"]

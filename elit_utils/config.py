@@ -27,9 +27,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-#: Where the project lives; the Colab install cell of every notebook uses this
-#: URL (a test checks that the notebooks agree with it).
+#: This release of ELIT Lab (``elit_utils.__version__`` and the package metadata read it).
+VERSION = "0.2.0"
+
+#: Where the project lives.
 REPO_URL = "https://github.com/elit-lab/elit-lab"
+
+#: What the first code cell of every notebook installs in Colab: this release, pinned by its
+#: tag ``v<VERSION>`` (a test checks that every notebook installs exactly this).
+INSTALL_SPEC = f"elit-lab @ git+{REPO_URL}@v{VERSION}"
 
 #: Environment variables that steer a run.
 PROFILE_ENV = "ELIT_PROFILE"

@@ -15,13 +15,35 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = {_name(r): r.replace(" ", "") for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    declared = {_name(r): r.replace(" ", "") for r in project["dependencies"] + extras["lab"] + extras["dev"]}
     environment = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
     listed = {_name(r): r.replace(" ", "") for r in pip_section if not r.startswith("-")}
-    assert listed == declared, "environment.yml's pip section must list exactly pyproject's dependencies and dev extra"
+    assert listed == declared, "environment.yml's pip section must list exactly pyproject's dependencies and its lab and dev extras"
     python = next(d for d in environment["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert "3.11" in python
+
+
+def test_core_dependencies_are_what_a_notebook_needs_in_colab():
+    """Colab has its own notebook server and ipywidgets 7.7: the install must not replace them."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {_name(r): r for r in project["dependencies"]}
+    for tool in ("jupyterlab", "voila", "papermill", "nbval", "playwright", "pytest", "ipykernel", "notebook"):
+        assert tool not in core, f"{tool} belongs in an extra ([lab] or [dev]), not in the core dependencies"
+    for needed in ("torch", "atomai", "numpy", "scipy", "scikit-image", "matplotlib", "ipywidgets", "safetensors", "rosettasciio", "pooch", "six"):
+        assert needed in core
+    floor = re.search(r">=\s*([\d.]+)", core["ipywidgets"]).group(1)
+    assert tuple(int(x) for x in floor.split(".")) <= (7, 7), "an ipywidgets floor above 7.7 upgrades Colab's own widgets"
+
+
+def test_the_version_is_defined_once():
+    import elit_utils
+    from elit_utils.config import INSTALL_SPEC, VERSION
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "elit_utils.config.VERSION"}
+    assert elit_utils.__version__ == VERSION and INSTALL_SPEC.endswith(f"@v{VERSION}")
 
 
 def test_torch_is_not_pinned_to_the_preinstalled_cpu_build():
