@@ -26,7 +26,7 @@ from elit_utils.examples import ExampleFile, available_examples, example_path, l
 from .conftest import EXPERIMENTAL, needs_experimental
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-IMAGE = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+IMAGE = np.random.default_rng(0).random((160, 160)).astype(np.float32)
 COORDS = np.array([[1.5, 2.5, 0.0], [8.0, 9.0, 0.0]], np.float32)
 
 
