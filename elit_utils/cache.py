@@ -9,8 +9,10 @@ repository when the package runs from a checkout; otherwise a user cache folder
 (``$XDG_CACHE_HOME/elit-lab`` or ``~/.cache/elit-lab``), which is what a
 notebook opened alone in Colab gets.
 
-Every file is written atomically: to a temporary file in the same folder, then
-renamed over the target, so an interrupted run never leaves half a file.
+Every file is written atomically: to a temporary file in the same folder, flushed
+to disk, given the mode the user's umask asks for (like any new file), then
+renamed over the target (and the folder flushed), so an interrupted run or a
+power cut never leaves half a file.
 
 Example
 -------
@@ -28,6 +30,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +41,7 @@ import numpy as np
 from .config import CACHE_ENV, config_hash, to_jsonable
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
+_UMASK_LOCK = threading.Lock()
 
 
 def repository_root() -> Path | None:
@@ -70,18 +74,56 @@ def cache_dir() -> Path:
     return folder
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (umask), read without changing it where the OS allows.
+
+    Linux shows it in ``/proc/self/status``; elsewhere it is read by setting and restoring it
+    (under a lock, so that two threads of ours never race).
+
+    >>> 0 <= current_umask() <= 0o777
+    True
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where the OS does not allow it (Windows)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
 
     If the block raises, the temporary file is removed and ``target`` is untouched.
+    On success the file is flushed to disk, given mode ``0o666 & ~umask`` (the mode any
+    new file gets; the temporary file itself is private, 0600), renamed, and the folder
+    flushed.
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
     >>> with atomic_path(out) as tmp:
     ...     _ = tmp.write_text("hello")
-    >>> out.read_text()
-    'hello'
+    >>> out.read_text(), oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+    ('hello', True)
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +132,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
+        _fsync_folder(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

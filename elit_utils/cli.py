@@ -1,21 +1,448 @@
 """The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``adapt``, ``info``.
 
 Run ``elit --help`` or ``elit SUBCOMMAND --help``.
+
+Every command checks its inputs, its values and its output folder before it
+computes anything, and writes its outputs at the end (``predict`` and
+``simulate`` through a hidden staging folder inside ``--out``), so a bad input
+never costs a long run and a failure never leaves half the results.
+
+Every problem a user can fix is printed as one line, ``error: ...``, with exit
+code 2; ``elit --debug COMMAND ...`` shows the traceback instead. Ctrl-C exits
+with code 130 and one line saying what was kept and how to resume.
+
+Example
+-------
+>>> main(["simulate", "-n", "0", "--out", "unused"])
+Traceback (most recent call last):
+...
+SystemExit: 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import shutil
+import stat
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .config import PROFILES
+from .errors import BadImageError, BadModelFolderError, BadValueError, ElitError, OutputConflictError
+
+#: The largest simulated frame side, and the smallest.
+MAX_SIDE_PX = 4096
+MIN_SIDE_PX = 32
+#: The most images one ``simulate`` or ``train`` may make, and the most pixels all together.
+MAX_IMAGES = 10_000
+MAX_SIMULATED_PX = 2**28
+MAX_MEMBERS = 100
+MAX_ITERATIONS = 1_000_000
+MAX_ROUNDS = 100
+#: Resampling a frame to the model's pixel size by more than this factor (either way) needs --allow-resample.
+MAX_RESAMPLE_FACTOR = 4.0
+#: The largest frame, at the model's pixel size, that predict and adapt take on (4096 x 4096 px).
+MAX_WORK_PX = 4096 * 4096
+#: Names of outputs: each input's results are named after its full file name plus these.
+PREDICT_SUFFIXES = (".csv", ".png")
+FRAMES_FILE = "frames.csv"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes shown as U+FFFD, so that printing it never fails.
+
+    >>> _printable("caf\\udce9.npy")
+    'caf\ufffd.npy'
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path as text that can be printed, plotted and written to a CSV."""
+    return _printable(os.fspath(path))
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (newlines and runs of spaces become one space).
+
+    >>> _one_line("a\\n  b")
+    'a b'
+    """
+    return _printable(" ".join(str(text).split()))
+
+
+def _say(text: str, error: bool = False) -> None:
+    print(_printable(text), file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def _message(error: BaseException) -> str:
+    """One line for an exception: its own message, or for an OS error its reason and file."""
+    if isinstance(error, MemoryError):
+        return "out of memory (MemoryError); use fewer or smaller images."
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return _one_line(f"{_shown(error.filename)}: {error.strerror}")
+    return _one_line(str(error) or type(error).__name__)
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind, and how to go on, for each command."""
+    out = _shown(getattr(args, "out", "") or "")
+    return {
+        "train": f"stopped: finished members are kept in {out}/; rerun the same command to resume.",
+        "adapt": f"stopped: finished rounds are kept in {out}/; rerun the same command to resume.",
+        "predict": f"stopped: nothing was written to {out}/; rerun the same command to start again.",
+        "simulate": f"stopped: nothing was written to {out}/; rerun the same command to start again.",
+        "reproduce": f"stopped: the notebooks run so far are in {out}/notebooks/ (an earlier metrics.json is kept as metrics.<time>.json); "
+        "rerun the same command to start again.",
+    }.get(args.command, "stopped.")
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line gets one line (``error: ...``) and exit code 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, _printable(f"error: {message} (see {self.prog} --help)\n"))
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``.
+
+    >>> _whole(1, 100)("3")
+    3
+    >>> _whole(1, 100)("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 0 is out of range: use 1 to 100
+    """
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low} to {high}")
+        return value
+
+    return whole
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a probability strictly between 0 and 1.
+
+    >>> _probability("0.5")
+    0.5
+    >>> _probability("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 'nan' is not a probability strictly between 0 and 1 (e.g. 0.5)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1 (e.g. 0.5)")
+    return value
+
+
+def _sampling(text: str) -> float | str:
+    """An argparse type: a pixel size in A/px (0.01 to 5), or ``auto`` (measured from the graphene lattice).
+
+    >>> _sampling("0.1"), _sampling("AUTO")
+    (0.1, 'auto')
+    """
+    if text.strip().lower() == "auto":
+        return "auto"
+    from .io import check_sampling
+
+    try:
+        return check_sampling(text, "--sampling")
+    except BadValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists."""
+    for candidate in (path, *path.parents):
+        try:
+            os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        return candidate
+    return Path(path.anchor or ".")
+
+
+def _check_out_folder(out: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot receive files: a file, a
+    broken link or a loop of links, a place where nothing can be written.
+
+    >>> _check_out_folder(Path(tempfile.mkdtemp()) / "new" / "folder")
+    """
+    shown = _shown(out)
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        if out.is_symlink():
+            raise BadValueError(f"{option} {shown} is a symbolic link to a missing target; remove it or choose another folder.") from None
+        ancestor = _nearest_existing(out.absolute())
+        if not ancestor.is_dir():
+            raise OutputConflictError(f"{option} {shown} cannot be created: {_shown(ancestor)} is a file, not a folder.") from None
+        _check_writable(ancestor, f"{option} {shown} cannot be created in {_shown(ancestor)}")
+        return
+    except OSError as error:
+        raise BadValueError(f"{option} {shown} cannot be used ({error.strerror}); choose another folder.") from None
+    if not stat.S_ISDIR(mode):
+        raise OutputConflictError(f"{option} {shown} is a file, not a folder; choose a folder (it is created if missing).")
+    _check_writable(out, f"{option} {shown} is not writable")
+
+
+def _check_writable(folder: Path, problem: str) -> None:
+    """Create and delete a file in ``folder``: the one sure test (permissions, ACLs, read-only disks)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise BadValueError(f"{problem} ({error.strerror}); choose another folder.") from None
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first (what ``mkdir -p`` would create)."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed command created, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and ``..`` included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        try:
+            return a.absolute().resolve() == b.absolute().resolve()
+        except (OSError, RuntimeError):
+            return False
+
+
+def _output_files(paths: list[Path], folder: Path, suffixes: tuple[str, ...], reserved: tuple[str, ...] = ()) -> dict[Path, list[Path]]:
+    """Each input's output files in ``folder``, named after its full file name (``a.npy`` -> ``a.npy.csv``),
+    refusing an input given twice and two inputs of one name (from two folders).
+
+    >>> files = _output_files([Path("x/a.npy"), Path("a.tif")], Path("out"), (".csv",))
+    >>> [target.name for targets in files.values() for target in targets]
+    ['a.npy.csv', 'a.tif.csv']
+    """
+    owner: dict[str, Path | None] = dict.fromkeys(reserved)
+    files = {}
+    for path in paths:
+        names = [_shown(path.name) + suffix for suffix in suffixes]
+        for name in names:
+            if name in owner:
+                other = owner[name]
+                if other is not None and _same_file(other, path):
+                    raise OutputConflictError(f"{_shown(path)} is given twice; name each file once.")
+                with_what = f"{_shown(other)} and {_shown(path)} would both write" if other is not None else f"{_shown(path)} would overwrite"
+                raise OutputConflictError(f"{with_what} {_shown(folder / name)}; rename one of them or run them separately.")
+            owner[name] = path
+        if path in files:
+            raise OutputConflictError(f"{_shown(path)} is given twice; name each file once.")
+        files[path] = [folder / name for name in names]
+    return files
+
+
+def _check_targets(targets: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output that is an input (whatever --overwrite says), a folder, or (without --overwrite) any existing file."""
+    for target in targets:
+        for path in inputs:
+            if _same_file(target, path):
+                raise OutputConflictError(f"{_shown(target)} would replace the input {_shown(path)}; choose another --out (--overwrite never replaces inputs).")
+        if target.is_dir():
+            raise OutputConflictError(f"{_shown(target)} is a folder where an output file would go; move it or choose another --out.")
+    existing = [_shown(t) for t in targets if os.path.lexists(t)]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise OutputConflictError(f"{', '.join(existing[:3])}{more} already {verb}; choose another --out or pass --overwrite.")
+
+
+def _move_into(staging: Path, folder: Path) -> list[str]:
+    """Move every file of ``staging`` into ``folder`` (each rename atomic); return their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in staging.iterdir())
+    for name in names:
+        os.replace(staging / name, folder / name)
+    return names
+
+
+# --------------------------------------------------------------------------- frames for predict and adapt
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One checked frame: its file, a printable name, the image and its pixel size."""
+
+    path: Path
+    name: str
+    image: Any
+    sampling_A_per_px: float
+
+
+def _model_record(model: Path) -> dict:
+    """The model folder's ``ensemble.json``, checked enough to plan the work (pixel size, members)."""
+    from .ensemble import RECORD_FILE
+    from .io import check_sampling
+
+    shown = _shown(model)
+    if not model.exists():
+        raise BadModelFolderError(f"--model {shown}: no such folder; train one with elit train --out {shown}.")
+    if not model.is_dir():
+        raise BadModelFolderError(f"--model {shown} is a file, not a model folder written by elit train.")
+    path = model / RECORD_FILE
+    if not path.is_file():
+        raise BadModelFolderError(f"--model {shown} has no {RECORD_FILE}: not a model folder written by elit train.")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadModelFolderError(f"{_shown(path)} is not valid JSON ({error}); the model folder is damaged: retrain into a fresh folder.") from None
+    missing = [key for key in ("architecture", "sampling_A_per_px") if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise BadModelFolderError(f"{_shown(path)} lacks {', '.join(missing)}: not written by elit train, or damaged; retrain into a fresh folder.")
+    try:
+        check_sampling(record["sampling_A_per_px"], f"{_shown(path)}: sampling_A_per_px")
+    except BadValueError as error:
+        raise BadModelFolderError(f"{error} The model folder is damaged; retrain into a fresh folder.") from None
+    if not any(model.glob("member_*.json")):
+        raise BadModelFolderError(f"--model {shown} holds no finished members; run elit train --out {shown} to train them (an interrupted run resumes).")
+    return record
+
+
+def _load_frames(paths: list[Path], args: argparse.Namespace, model_sampling: float) -> list[_Frame]:
+    """Read and check every frame, its pixel size and its scale against the model's, before any work."""
+    from .io import load_image
+
+    frames = []
+    for path in paths:
+        given = args.sampling if isinstance(args.sampling, float) else None
+        loaded = load_image(path, sampling_A_per_px=given, frame=args.frame, require_sampling=args.sampling is None, override_file_sampling=True)
+        sampling = _frame_sampling(path, loaded, args.sampling)
+        _check_scale(_shown(path), loaded.image.shape, sampling, model_sampling, args.allow_resample)
+        frames.append(_Frame(path, _shown(path.name), loaded.image, sampling))
+    return frames
+
+
+def _frame_sampling(path: Path, loaded: Any, given: float | str | None) -> float:
+    """The frame's pixel size: ``--sampling`` when given (warning when the file says otherwise), the
+    lattice's estimate for ``auto``, else the file's; warns when the lattice disagrees."""
+    from . import lattice
+    from .io import check_frame_size, check_sampling
+
+    shown = _shown(path)
+    in_file = loaded.metadata.get("file_sampling_A_per_px")
+    if given == "auto":
+        try:
+            estimate = lattice.estimate_sampling(loaded.image).sampling_A_per_px
+        except BadImageError as error:
+            raise BadImageError(f"{shown}: --sampling auto found no graphene lattice ({_one_line(str(error))}); give --sampling in A/px.") from None
+        estimate = check_sampling(estimate, f"{shown}: the lattice's pixel size")
+        also = f" (the file says {in_file:g})" if in_file else ""
+        _say(f"note: {shown}: --sampling auto: {estimate:.4g} A/px from the graphene lattice{also}", error=True)
+        check_frame_size(path, loaded.image.shape, estimate)
+        return estimate
+    sampling = loaded.sampling_A_per_px
+    if isinstance(given, float) and in_file and abs(given / in_file - 1) > 0.02:
+        _say(f"warning: {shown}: --sampling {given:g} A/px differs from the file's {in_file:g} A/px; using --sampling {given:g} as given.", error=True)
+    warning = _lattice_warning(loaded.image, sampling)
+    if warning:
+        _say(f"warning: {shown}: {warning}", error=True)
+    return sampling
+
+
+def _lattice_warning(image: Any, sampling_A_per_px: float) -> str | None:
+    """One line when the graphene lattice in ``image`` disagrees with the pixel size; None when it agrees or shows no lattice."""
+    from .lattice import compare_with_lattice
+
+    try:
+        warning = compare_with_lattice(image, sampling_A_per_px)
+    except ElitError:  # no lattice to compare with: nothing to warn about
+        return None
+    if not warning:
+        return None
+    text = _one_line(warning)
+    return text[len("warning: ") :] if text.lower().startswith("warning: ") else text
+
+
+def _check_scale(name: str, shape: tuple[int, int], sampling_A_per_px: float, model_sampling_A_per_px: float, allow_resample: bool) -> tuple[int, int]:
+    """The frame's shape at the model's pixel size; refuses a change of scale over 4x (unless allowed),
+    a frame too large to predict in reasonable time, or one too small to hold a lattice.
+
+    >>> _check_scale("a.npy", (256, 256), 0.2, 0.1, False)
+    (512, 512)
+    >>> try:
+    ...     _check_scale("a.npy", (256, 256), 5.0, 0.1, False)
+    ... except BadValueError as error:
+    ...     print(str(error).split(", so")[0])
+    a.npy: its pixel size 5 A/px is 50 times the model's 0.1 A/px
+    """
+    factor = sampling_A_per_px / model_sampling_A_per_px
+    height, width = shape if abs(factor - 1) <= 0.02 else (max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor)))
+    if not allow_resample and not 1 / MAX_RESAMPLE_FACTOR <= factor <= MAX_RESAMPLE_FACTOR:
+        raise BadValueError(
+            f"{name}: its pixel size {sampling_A_per_px:g} A/px is {factor:.3g} times the model's {model_sampling_A_per_px:g} A/px, "
+            f"so the frame would be resampled from {shape[0]}x{shape[1]} to {height}x{width} px; "
+            "is --sampling in the wrong unit (it is in A/px)? If it is right, pass --allow-resample."
+        )
+    if height * width > MAX_WORK_PX:
+        side = math.isqrt(MAX_WORK_PX)
+        raise BadValueError(
+            f"{name}: at the model's pixel size ({model_sampling_A_per_px:g} A/px) the frame would be {height}x{width} px, over the limit of {side}x{side} px; "
+            "crop or bin it first (or check --sampling)."
+        )
+    if min(height, width) < MIN_SIDE_PX:
+        raise BadImageError(
+            f"{name}: at the model's pixel size ({model_sampling_A_per_px:g} A/px) the frame would be only {height}x{width} px; "
+            f"at least {MIN_SIDE_PX} px per side are needed (or check --sampling)."
+        )
+    return height, width
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
+    _check_out_folder(Path(args.out))
     reproduce(profile=args.profile, out=args.out, notebook_dir=args.notebooks, log_output=args.verbose)
     return 0
 
@@ -25,27 +452,52 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from .cache import atomic_path, save_npz_atomic, write_json_atomic
     from .config import to_jsonable
-    from .simulate import dataset
+    from .simulate import dataset, get_domain
 
+    side = args.size or get_domain(args.domain).conditions.image_size_px
+    total = args.n * side * side
+    if total > MAX_SIMULATED_PX:
+        raise BadValueError(f"-n {args.n} images of {side}x{side} px are {total:,} px, over the limit of {MAX_SIMULATED_PX:,}; make fewer or smaller ones.")
     out = Path(args.out)
+    _check_out_folder(out)
     targets = [out / "dataset.npz", out / "atoms.csv", out / "conditions.json"]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not args.overwrite:
-        print(f"error: {', '.join(existing)} already exist; choose another --out or pass --overwrite.", file=sys.stderr)
-        return 2
+    _check_targets(targets, [], args.overwrite)
     data = dataset(args.domain, args.n, seed=args.seed, image_size_px=args.size, cache=False)
-    save_npz_atomic(targets[0], {"images": data.images, "label_mask": data.label_mask, "atoms": data.atoms})
     sampling = data.conditions.sampling_A_per_px
     rows = ["frame,row_px,col_px,class,class_name,y_A,x_A"]
     rows += [f"{int(f)},{r:.3f},{c:.3f},{int(k)},{'Si' if k else 'C'},{r * sampling:.3f},{c * sampling:.3f}" for f, r, c, k in data.atoms]
-    with atomic_path(targets[1]) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
-    write_json_atomic(
-        targets[2], {"domain": data.domain, "n": len(data), "seed": data.seed, "conditions": to_jsonable(data.conditions), "sample": to_jsonable(data.sample)}
-    )
+    conditions = {"domain": data.domain, "n": len(data), "seed": data.seed, "conditions": to_jsonable(data.conditions), "sample": to_jsonable(data.sample)}
+
+    def write(staging: Path) -> None:
+        save_npz_atomic(staging / targets[0].name, {"images": data.images, "label_mask": data.label_mask, "atoms": data.atoms})
+        with atomic_path(staging / targets[1].name) as tmp:
+            tmp.write_text("\n".join(rows) + "\n")
+        write_json_atomic(staging / targets[2].name, conditions)
+
+    _write_staged(out, write)
     n_si = int(np.sum(data.atoms[:, 3] == 1))
-    print(f"Wrote {len(data)} images of {data.images.shape[1]}x{data.images.shape[2]} px ({len(data.atoms)} atoms, {n_si} Si) to {out}/")
+    _say(f"Wrote {len(data)} images of {data.images.shape[1]}x{data.images.shape[2]} px ({len(data.atoms)} atoms, {n_si} Si) to {_shown(out)}/")
     return 0
+
+
+def _write_staged(out: Path, write: Callable[[Path], None], into: Path | None = None) -> list[str]:
+    """Run ``write(staging)`` in a hidden staging folder inside ``out``, then move its files into
+    ``into`` (default ``out``). On any failure nothing is left: no staging folder, and no ``out``
+    when this call created it."""
+    created = _missing_folders(out)
+    staging, done = None, False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out))
+        write(staging)
+        names = _move_into(staging, into or out)
+        done = True
+        return names
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_if_empty(created)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -53,131 +505,158 @@ def _train(args: argparse.Namespace) -> int:
 
     from .config import get_profile
     from .ensemble import profile_training, train_ensemble
-    from .ood import SHIFT_DETECTOR_FILE, fit_shift_detector
+    from .ood import SHIFT_DETECTOR_FILE, ensure_shift_detector
     from .simulate import dataset
 
+    out = Path(args.out)
+    _check_out_folder(out)
     profile = get_profile(args.profile)
     architecture, config = profile_training(profile)
-    if args.iterations:
+    if args.iterations is not None:
         config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
-    data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
-    members = args.members or profile.n_members
-    print(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {args.out}/")
-    ensemble = train_ensemble(
-        data.images, data.atom_mask, args.out, members, data.conditions.sampling_A_per_px, architecture, config, first_seed=args.seed * 1000
-    )
+    created = _missing_folders(out)
+    try:
+        data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
+        members = args.members or profile.n_members
+        _say(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {_shown(out)}/")
+        ensemble = train_ensemble(
+            data.images, data.atom_mask, out, members, data.conditions.sampling_A_per_px, architecture, config, first_seed=args.seed * 1000, resize=args.resize
+        )
+    except Exception:
+        _remove_if_empty(created)
+        raise
     final = ensemble.loss_histories()[-10:].mean(axis=0)
-    print(f"Done: {ensemble.n_members} members; final loss per member: {', '.join(f'{v:.3f}' for v in final)}")
-    detector_path = Path(args.out) / SHIFT_DETECTOR_FILE
-    if not detector_path.exists():  # fresh frames of the training domain, not the training images
-        detector = fit_shift_detector(ensemble, profile.n_shift_reference_images, args.seed + 4000, profile.image_size_px, args.domain)
-        detector.save(detector_path)
-        print(f"Shift detector fitted on {profile.n_shift_reference_images} fresh {args.domain} frames (limit {detector.limit:.1f}) -> {detector_path.name}")
+    _say(f"Done: {ensemble.n_members} members; final loss per member: {', '.join(f'{v:.3f}' for v in final)}")
+    # fitted on fresh frames of the training domain (not the training images); refitted when missing or fitted on other members
+    detector, fitted = ensure_shift_detector(ensemble, profile.n_shift_reference_images, args.seed + 4000, profile.image_size_px, args.domain)
+    if fitted:
+        _say(f"Shift detector fitted on {profile.n_shift_reference_images} fresh {args.domain} frames (limit {detector.limit:.1f}) -> {SHIFT_DETECTOR_FILE}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from .ensemble import Ensemble
+
+    paths, out, model = [Path(p) for p in args.images], Path(args.out), Path(args.model)
+    _check_out_folder(out)
+    outputs = _output_files(paths, out, PREDICT_SUFFIXES, reserved=(FRAMES_FILE,))
+    _check_targets([t for files in outputs.values() for t in files] + [out / FRAMES_FILE], paths, args.overwrite)
+    record = _model_record(model)
+    frames = _load_frames(paths, args, float(record["sampling_A_per_px"]))
+    ensemble = Ensemble.load(model)
+    detector = _shift_detector(model, ensemble)
+    summaries: list[str] = []
+    names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold)))
+    for line in summaries:
+        _say(line)
+    _say(f"Wrote {len(names)} files to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot), and {FRAMES_FILE}")
+    return 0
+
+
+def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: Any | None, threshold: float) -> list[str]:
+    """Find the atoms of every frame; write each frame's CSV and PNG and the summary into ``staging``; return one line per frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .cache import atomic_path
-    from .ensemble import Ensemble
-    from .io import load_image
     from .locate import locate_atoms
     from .viz import show_atoms_with_uncertainty
 
-    out = Path(args.out)
-    frames_csv = out / "frames.csv"
-    if frames_csv.exists() and not args.overwrite:
-        print(f"error: {frames_csv} already exists; choose another --out or pass --overwrite.", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
-    ensemble = Ensemble.load(args.model)
-    detector = _shift_detector(Path(args.model))
     rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"]
-    for path in map(Path, args.images):
-        targets = [out / f"{path.stem}.csv", out / f"{path.stem}.png"]
-        if any(t.exists() for t in targets) and not args.overwrite:
-            print(f"error: {targets[0]} or its PNG already exists; choose another --out or pass --overwrite.", file=sys.stderr)
-            return 2
-        loaded = load_image(path, sampling_A_per_px=args.sampling, frame=args.frame, require_sampling=True)
-        prediction = ensemble.predict(loaded.image, sampling_A_per_px=loaded.sampling_A_per_px)
-        atoms = locate_atoms(prediction, threshold=args.threshold)
-        atoms.to_csv(targets[0])
-        fig = show_atoms_with_uncertainty(loaded.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, loaded.sampling_A_per_px, path.name)
-        fig.savefig(targets[1], dpi=120, bbox_inches="tight")
-        plt.close(fig)
+    lines = []
+    for frame in frames:
+        prediction = ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+        atoms = locate_atoms(prediction, threshold=threshold)
+        atoms.to_csv(staging / f"{frame.name}.csv")
+        figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name)
+        with atomic_path(staging / f"{frame.name}.png") as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        plt.close(figure)
         mean_mi = float(prediction.mutual_information.mean())
-        fields, shift = _shift_check(detector, ensemble, loaded)
-        rows.append(f"{path.name},{len(atoms)},{mean_mi:.5f},{fields}")
-        print(f"{path.name}: {len(atoms)} atoms, mean frame MI {mean_mi:.4f} nats{shift} -> {targets[0].name}, {targets[1].name}")
-    with atomic_path(frames_csv) as tmp:
-        tmp.write_text("\n".join(rows) + "\n")
-    return 0
+        fields, shift = _shift_check(detector, ensemble, frame)
+        rows.append(f"{_csv_field(frame.name)},{len(atoms)},{mean_mi:.5f},{fields}")
+        lines.append(f"{frame.name}: {len(atoms)} atoms, mean frame MI {mean_mi:.4f} nats{shift}")
+    with atomic_path(staging / FRAMES_FILE) as tmp:
+        tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return lines
 
 
-def _shift_check(detector: object | None, ensemble: object, loaded: object) -> tuple[str, str]:
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted when it holds a comma or a quote).
+
+    >>> _csv_field("a.npy"), _csv_field('a,"b".npy')
+    ('a.npy', '"a,""b"".npy"')
+    """
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+def _shift_check(detector: object | None, ensemble: object, frame: _Frame) -> tuple[str, str]:
     """For one frame: CSV fields (feature distance, limit, out of distribution) and a sentence; blank without a detector."""
     if detector is None:
         return ",,", ""
-    distance = float(detector.score(ensemble.features(loaded.image, sampling_A_per_px=loaded.sampling_A_per_px))[0])
+    distance = float(detector.score(ensemble.features(frame.image, sampling_A_per_px=frame.sampling_A_per_px))[0])
     flagged = distance > detector.limit
     verdict = "OUT OF DISTRIBUTION: check the atoms, or adapt the model (elit adapt)" if flagged else "like the training frames"
     return f"{distance:.2f},{detector.limit:.2f},{flagged}", f", feature distance {distance:.1f} (limit {detector.limit:.1f}): {verdict}"
 
 
-def _shift_detector(model: Path) -> object | None:
-    """The model folder's shift detector, or None (with a note) when it has none."""
+def _shift_detector(model: Path, ensemble: object) -> object | None:
+    """The model folder's shift detector (checked against ``ensemble``'s members where ood can), or None (with a note) when it has none."""
     from .ood import SHIFT_DETECTOR_FILE, ShiftDetector
 
     if not (model / SHIFT_DETECTOR_FILE).exists():
-        print(f"note: {model} has no {SHIFT_DETECTOR_FILE} (elit train writes one), so frames are not checked for a shift.")
+        _say(f"note: {_shown(model)} has no {SHIFT_DETECTOR_FILE} (elit train writes one), so frames are not checked for a shift.")
         return None
-    return ShiftDetector.load(model / SHIFT_DETECTOR_FILE)
+    return ShiftDetector.load(model / SHIFT_DETECTOR_FILE, ensemble=ensemble)
 
 
 def _adapt(args: argparse.Namespace) -> int:
+    paths, out, model = [Path(p) for p in args.frames], Path(args.out), Path(args.model)
+    _check_out_folder(out)
+    atom_files = _output_files(paths, out / "atoms", (".csv",))
+    _check_targets([files[0] for files in atom_files.values()], paths, args.overwrite)
+    record = _model_record(model)
+    frames = _load_frames(paths, args, float(record["sampling_A_per_px"]))
+    created = _missing_folders(out)
+    try:
+        result = _run_adapt(frames, model, out, args)
+    except Exception:
+        _remove_if_empty(created)
+        raise
+    for row in result.history:
+        labels = f", {row['pseudo_labels']} pseudo-labels" if "pseudo_labels" in row else ""
+        _say(f"round {row['round']}: {row['atoms_found']} atoms, mean MI {row['mean_mi_nats']:.4f} nats{labels}")
+
+    def write(staging: Path) -> None:
+        from .locate import locate_atoms
+
+        for frame in frames:
+            locate_atoms(result.ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px)).to_csv(staging / f"{frame.name}.csv")
+
+    _write_staged(out, write, into=out / "atoms")
+    final = out / f"round_{result.history[-1]['round']}"
+    _say(f"adapted ensemble: {_shown(final)}/; history: {_shown(out / 'history.csv')}; atoms: {_shown(out / 'atoms')}/ (NAME.csv per frame)")
+    return 0
+
+
+def _run_adapt(frames: list[_Frame], model: Path, out: Path, args: argparse.Namespace) -> Any:
+    """Load the ensemble and adapt it to ``frames`` (with simulated source frames mixed in unless --no-source)."""
     from .ensemble import Ensemble
-    from .io import load_image
     from .iterate import AdaptConfig, adapt
-    from .locate import locate_atoms
     from .simulate import dataset
 
-    out = Path(args.out)
-    paths = [Path(p) for p in args.frames]
-    atom_files = [out / "atoms" / f"{p.stem}.csv" for p in paths]
-    existing = [str(f) for f in atom_files if f.exists()]
-    if existing and not args.overwrite:
-        print(f"error: {', '.join(existing[:3])} already exist; choose another --out or pass --overwrite.", file=sys.stderr)
-        return 2
-    loaded = [load_image(p, sampling_A_per_px=args.sampling, frame=args.frame, require_sampling=True) for p in paths]
-    ensemble = Ensemble.load(args.model)
+    ensemble = Ensemble.load(model)
     source = None
     if not args.no_source:
         simulated = dataset("source", n=64, seed=0, image_size_px=128)
         if abs(simulated.conditions.sampling_A_per_px - ensemble.sampling_A_per_px) < 1e-6:
             source = (simulated.images, simulated.atom_mask)
         else:
-            print(
-                f"note: the model's pixel size ({ensemble.sampling_A_per_px} A/px) differs from the simulated source frames'; adapting without source mixing."
-            )
+            _say(f"note: the model's pixel size ({ensemble.sampling_A_per_px} A/px) differs from the simulated source frames'; adapting without source mixing.")
     config = AdaptConfig(rounds=args.rounds, iterations_per_round=args.iterations)
-    frames = [frame.image for frame in loaded]
-    samplings = [frame.sampling_A_per_px for frame in loaded]
-    result = adapt(ensemble, frames, samplings, out, config, source=source)
-    for row in result.history:
-        print(
-            f"round {row['round']}: {row['atoms_found']} atoms, mean MI {row['mean_mi_nats']:.4f} nats"
-            + (f", {row['pseudo_labels']} pseudo-labels" if "pseudo_labels" in row else "")
-        )
-    (out / "atoms").mkdir(exist_ok=True)
-    for frame, sampling, target in zip(frames, samplings, atom_files):
-        locate_atoms(result.ensemble.predict(frame, sampling_A_per_px=sampling)).to_csv(target)
-    final = out / f"round_{result.history[-1]['round']}"
-    print(f"adapted ensemble: {final}/; history: {out / 'history.csv'}; atoms: {out / 'atoms'}/")
-    return 0
+    return adapt(ensemble, [f.image for f in frames], [f.sampling_A_per_px for f in frames], out, config, source=source)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -186,72 +665,106 @@ def _info(args: argparse.Namespace) -> int:
     from .report import results_dir
     from .simulate import DOMAINS
 
-    print(f"profile: {get_profile().name} (choose with ELIT_PROFILE or --profile)")
+    _say(f"profile: {get_profile().name} (choose with ELIT_PROFILE or --profile)")
     for profile in PROFILES.values():
-        print(f"  {profile.name}: {profile.n_members} members, {profile.n_iterations} iterations, {profile.image_size_px} px images")
-    print(f"cache: {cache_dir()}")
-    print(f"results: {results_dir()}")
-    print("domains: " + ", ".join(DOMAINS))
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
+        _say(f"  {profile.name}: {profile.n_members} members, {profile.n_iterations} iterations, {profile.image_size_px} px images")
+    _say(f"cache: {cache_dir()}")
+    _say(f"results: {results_dir()}")
+    _say("domains: " + ", ".join(DOMAINS))
+    _say("versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()))
     return 0
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def _add_frame_options(command: argparse.ArgumentParser, what: str) -> None:
+    """Options shared by predict and adapt: model, pixel size, frame, scale guard."""
+    command.add_argument("--model", required=True, help="model folder written by elit train")
+    command.add_argument(
+        "--sampling",
+        type=_sampling,
+        default=None,
+        help=f"pixel size in A/px (0.01-5), used for every {what} even when a file has its own (a warning says so); "
+        "'auto': measure it from the graphene lattice; default: each file's own",
+    )
+    command.add_argument("--frame", type=_whole(0, 10**9), default=None, help="frame index (from 0) for image stacks")
+    command.add_argument(
+        "--allow-resample",
+        action="store_true",
+        help=f"go ahead even when the pixel size differs from the model's by more than {MAX_RESAMPLE_FACTOR:g}x (usually a wrong unit)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``elit`` command."""
     from .simulate import DOMAINS
 
-    parser = argparse.ArgumentParser(prog="elit", description="ELIT Lab: ensemble learning and iterative training for atom finding in STEM images.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="elit", description="ELIT Lab: ensemble learning and iterative training for atom finding in STEM images.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of one line")
+    debug = _Parser(add_help=False)  # --debug after the command works too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error instead of one line")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=lambda **kw: _Parser(parents=[debug], **kw))
     commands.required = True
+    seed = _whole(0, 2**32 - 1)
 
     reproduce = commands.add_parser("reproduce", help="run every notebook headless and write results/ (metrics.json, summary.md, figures)")
     reproduce.add_argument("--profile", choices=list(PROFILES), default=None, help="run profile (default: $ELIT_PROFILE or quick)")
-    reproduce.add_argument("--out", default="results", help="results folder (default: results)")
+    reproduce.add_argument("--out", default="results", help="results folder (default: results); an earlier metrics.json is kept as metrics.<time>.json")
     reproduce.add_argument("--notebooks", default=None, help="folder of numbered notebooks (default: the checkout's notebooks/)")
     reproduce.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     reproduce.set_defaults(handler=_reproduce)
 
     simulate = commands.add_parser("simulate", help="simulate labelled STEM images of graphene for a domain")
     simulate.add_argument("--domain", choices=list(DOMAINS), default="source", help="imaging domain (default: source)")
-    simulate.add_argument("-n", type=int, default=10, help="number of images (default: 10)")
-    simulate.add_argument("--size", type=int, default=None, help="image side in px (default: the domain's, 256)")
-    simulate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    simulate.add_argument("--out", required=True, help="output folder: dataset.npz, atoms.csv, conditions.json")
+    simulate.add_argument("-n", type=_whole(1, MAX_IMAGES), default=10, help=f"number of images, 1-{MAX_IMAGES} (default: 10)")
+    simulate.add_argument(
+        "--size", type=_whole(MIN_SIDE_PX, MAX_SIDE_PX), default=None, help=f"image side in px, {MIN_SIDE_PX}-{MAX_SIDE_PX} (default: the domain's, 256)"
+    )
+    simulate.add_argument("--seed", type=seed, default=0, help="random seed, >= 0 (default: 0)")
+    simulate.add_argument("--out", required=True, help="output folder: dataset.npz, atoms.csv, conditions.json (written together at the end)")
     simulate.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     simulate.set_defaults(handler=_simulate)
 
     train = commands.add_parser("train", help="train an ensemble of U-Nets on simulated images (resumes an interrupted run)")
     train.add_argument("--domain", choices=list(DOMAINS), default="source", help="training domain (default: source)")
-    train.add_argument("--members", type=int, default=None, help="ensemble size (default: the profile's)")
-    train.add_argument("--iterations", type=int, default=None, help="iterations per member (default: the profile's)")
-    train.add_argument("--images", type=int, default=None, help="training images (default: the profile's)")
+    train.add_argument("--members", type=_whole(1, MAX_MEMBERS), default=None, help=f"ensemble size, 1-{MAX_MEMBERS} (default: the profile's)")
+    train.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=None, help="iterations per member, >= 1 (default: the profile's)")
+    train.add_argument("--images", type=_whole(1, MAX_IMAGES), default=None, help=f"training images, 1-{MAX_IMAGES} (default: the profile's)")
     train.add_argument("--profile", choices=list(PROFILES), default=None, help="run profile (default: $ELIT_PROFILE or quick)")
-    train.add_argument("--seed", type=int, default=0, help="data and member seeds (default: 0)")
+    train.add_argument("--seed", type=seed, default=0, help="data and member seeds, >= 0 (default: 0)")
     train.add_argument("--out", required=True, help="model folder: ensemble.json and member_NNNN.safetensors/.json")
+    train.add_argument(
+        "--resize", action="store_true", help="change the size of the ensemble in --out to --members (trains the new members or removes the last ones)"
+    )
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
-        "predict", help="find atoms with uncertainty in micrographs (CSV and PNG per image) and check each frame for a shift (frames.csv)"
+        "predict",
+        help="find atoms with uncertainty in micrographs (CSV and PNG per image) and check each frame for a shift (frames.csv)",
+        description="Find atoms with uncertainty in micrographs. Each image's results are named after its full file name, "
+        f"so that a.npy and a.tif never collide: a.npy gives a.npy.csv (atoms) and a.npy.png (plot); {FRAMES_FILE} sums up every frame. "
+        "Everything is written together at the end; a failure leaves --out as it was.",
     )
     predict.add_argument("images", nargs="+", help="image files: .npy .tif .png .h5 .dm3 .dm4 .emd")
-    predict.add_argument("--model", required=True, help="model folder written by elit train")
-    predict.add_argument("--sampling", type=float, default=None, help="pixel size in A/px when the file has none")
-    predict.add_argument("--frame", type=int, default=None, help="frame index for image stacks")
-    predict.add_argument("--threshold", type=float, default=0.5, help="probability threshold for atoms (default: 0.5)")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_frame_options(predict, "image")
+    predict.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
+    predict.add_argument("--out", required=True, help="output folder (created if missing)")
+    predict.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
     predict.set_defaults(handler=_predict)
 
-    adapt = commands.add_parser("adapt", help="adapt an ensemble to new, unlabelled frames by iterative training on its own confident atoms")
+    adapt = commands.add_parser(
+        "adapt",
+        help="adapt an ensemble to new, unlabelled frames by iterative training on its own confident atoms",
+        description="Adapt an ensemble to new, unlabelled frames. Each frame's atoms go to --out/atoms/ named after its full file name (a.npy -> a.npy.csv).",
+    )
     adapt.add_argument("frames", nargs="+", help="unlabelled frames (any sizes): .npy .tif .png .h5 .dm3 .dm4 .emd")
-    adapt.add_argument("--model", required=True, help="model folder written by elit train")
-    adapt.add_argument("--sampling", type=float, default=None, help="pixel size in A/px when the files have none")
-    adapt.add_argument("--frame", type=int, default=None, help="frame index for image stacks")
-    adapt.add_argument("--rounds", type=int, default=3, help="maximum rounds (default: 3; stops early when nothing changes)")
-    adapt.add_argument("--iterations", type=int, default=100, help="fine-tuning steps per member and round (default: 100)")
+    _add_frame_options(adapt, "frame")
+    adapt.add_argument("--rounds", type=_whole(1, MAX_ROUNDS), default=3, help="maximum rounds, >= 1 (default: 3; stops early when nothing changes)")
+    adapt.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=100, help="fine-tuning steps per member and round, >= 1 (default: 100)")
     adapt.add_argument("--no-source", action="store_true", help="do not mix simulated source frames into fine-tuning")
     adapt.add_argument("--out", required=True, help="output folder: round_K/ ensembles, history.json/.csv, atoms/; an interrupted run resumes")
-    adapt.add_argument("--overwrite", action="store_true", help="replace atom tables already in --out/atoms")
+    adapt.add_argument("--overwrite", action="store_true", help="replace atom tables already in --out/atoms (never an input)")
     adapt.set_defaults(handler=_adapt)
 
     info = commands.add_parser("info", help="show the profile, cache and results folders, domains and versions")
@@ -260,14 +773,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``elit`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the ``elit`` console script: run one command, and turn any error into one line.
+
+    Exit codes: 0 done; 2 a problem with the input (``error: ...`` on stderr); 1 an unexpected
+    error (a bug: rerun with ``elit --debug ...`` and report it); 130 stopped with Ctrl-C.
+    """
+    args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _say(_interrupted(args), error=True)
+        return 130
+    except (ElitError, ValueError, OSError, MemoryError) as error:
+        if args.debug:
+            raise
+        _say(f"error: {_message(error)}", error=True)
         return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        _say(f"error: unexpected {type(error).__name__}: {_message(error)} (rerun as elit --debug {args.command} ... to see where, and report it)", error=True)
+        return 1
 
 
 if __name__ == "__main__":

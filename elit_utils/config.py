@@ -65,6 +65,9 @@ class Profile:
     n_adapt_rounds: rounds of iterative training.
     n_adapt_frames: unlabelled target frames the ensemble adapts to.
     adapt_iterations_per_round: fine-tuning steps per member in each round of iterative training.
+    adapt_tile_px: side of the tiles that frames are cut into for fine-tuning, px.
+    adapt_methods: the ways to adapt that notebook 04 compares (:data:`elit_utils.iterate.METHODS`);
+        ELIT always runs, a short profile leaves out the costly baselines.
     n_ood_images_per_point: simulated frames per point of an out-of-distribution sweep.
     n_shift_reference_images: simulated source frames that fit the shift detector
         (:class:`~elit_utils.ood.ShiftDetector`).
@@ -83,6 +86,8 @@ class Profile:
     n_adapt_rounds: int
     n_adapt_frames: int
     adapt_iterations_per_round: int
+    adapt_tile_px: int
+    adapt_methods: tuple[str, ...]
     n_ood_images_per_point: int
     n_shift_reference_images: int
 
@@ -108,6 +113,8 @@ PROFILES: dict[str, Profile] = {
         n_adapt_rounds=1,
         n_adapt_frames=2,
         adapt_iterations_per_round=2,
+        adapt_tile_px=32,
+        adapt_methods=("ELIT", "plain", "single network", "no adaptation", "true labels"),
     ),
     "quick": Profile(
         name="quick",
@@ -125,6 +132,8 @@ PROFILES: dict[str, Profile] = {
         n_adapt_rounds=3,
         n_adapt_frames=6,
         adapt_iterations_per_round=100,
+        adapt_tile_px=64,
+        adapt_methods=("ELIT", "plain", "single network", "no adaptation"),
     ),
     "paper": Profile(
         name="paper",
@@ -142,6 +151,8 @@ PROFILES: dict[str, Profile] = {
         n_adapt_rounds=5,
         n_adapt_frames=20,
         adapt_iterations_per_round=500,
+        adapt_tile_px=128,
+        adapt_methods=("ELIT", "plain", "single network", "no adaptation", "true labels"),
     ),
 }
 

@@ -6,16 +6,26 @@ Adam and binary cross-entropy (optionally plus Dice), and its weights averaged
 over the final iterations (stochastic weight averaging). Members are trained in
 *packs* (:class:`~elit_utils.unet.PackedUnet`): on a GPU all members go in one
 pack; on a CPU one member per pack is faster (grouped convolutions are slow in
-the CPU backward pass; measured in ``benchmarks/bench_ensemble.py``). Where the
-hardware has fast bfloat16 (a GPU, or a CPU with AMX/AVX512-BF16), the forward
-pass runs under bf16 autocast with channels-last tensors; fp32 otherwise.
+the CPU backward pass; measured in ``benchmarks/bench_ensemble.py``). The forward
+pass runs in the precision the hardware does natively
+(:func:`~elit_utils.runtime.native_precision`): bf16 autocast on recent GPUs and
+on CPUs with AMX/AVX512-BF16, fp16 autocast with a gradient scaler on older
+GPUs (T4, V100), fp32 otherwise.
 
-Checkpoints: every finished member is written at once (safetensors weights plus
-a JSON record with architecture, configuration, seed, data hash, versions and
-loss history), atomically. Training into a folder that already holds members
-of the same configuration resumes: finished members are loaded, never retrained
-or overwritten. A folder of another configuration is refused. Loading never
-unpickles anything.
+A model folder checks itself. ``ensemble.json`` lists the intended members (their
+seeds), the training configuration and data hash, and, for every finished member,
+the sha256 of its weights file and the precision it was trained in. Each member is
+written weights first, then its own record (``member_NNNN.json``), then its line in
+``ensemble.json``, each file atomically: a run killed at any moment leaves a folder
+that :meth:`Ensemble.load` refuses (with the remedy) and that a rerun completes.
+:meth:`Ensemble.load` refuses missing, extra, incomplete, swapped or foreign
+members and damaged files, each with a :class:`~elit_utils.errors.BadModelFolderError`
+naming the file and what to do. Only files named exactly ``member_NNNN.json`` and
+``member_NNNN.safetensors`` are members; other ``member_*`` files (a backup
+``member_0001_old.safetensors``) are ignored with a note. Loading never unpickles
+anything. Training into a folder of another configuration is refused; into one of
+another size only with ``resize=True``, which trains the new members or removes
+the last ones, and removes the shift detector fitted on the old members.
 
 Prediction (:meth:`Ensemble.predict`): per-pixel mean probability, variance,
 predictive entropy and mutual information (the epistemic part), for one image
@@ -31,6 +41,8 @@ Example
 ...                           architecture=UnetArchitecture(nb_filters=4), config=config, progress=False)
 >>> ensemble.predict(images[0]).mean.shape
 (32, 32)
+>>> sorted(ensemble.record["seeds"]), len(ensemble.weights_sha256[1])
+([0, 1], 64)
 """
 
 from __future__ import annotations
@@ -39,7 +51,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import operator
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,12 +66,19 @@ from skimage.transform import resize
 
 from .augment import Augmentation, augment_batch
 from .cache import atomic_path, package_versions, write_json_atomic
-from .io import check_sampling, normalize_image
-from .runtime import detect_device
+from .errors import BadImageError, BadModelFolderError, BadValueError
+from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
+from .runtime import PRECISIONS, Precision, default_device, resolve_precision
 from .unet import PackedUnet, UnetArchitecture
 
 RECORD_FILE = "ensemble.json"
-FORMAT_VERSION = 1
+#: 2: ``ensemble.json`` lists the members (seeds) and their weights' sha256. 1: it did not (still loaded, unverified).
+FORMAT_VERSION = 2
+#: The shift detector beside the members (:mod:`elit_utils.ood`); fitted on them, so stale when they change.
+SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
+#: What every member's record shares with ``ensemble.json``: what makes members of one training.
+IDENTITY_KEYS = ("architecture", "training", "data_hash", "sampling_A_per_px", "normalization")
+_MEMBER_FILE = re.compile(r"member_(\d+)\.(json|safetensors)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +93,9 @@ class TrainingConfig:
     loss: ``"bce"`` or ``"bce+dice"``.
     swa_iterations: final iterations whose weights are averaged (0: none).
     augmentation: the random changes applied to training images.
-    precision: ``"auto"`` (bf16 where fast), ``"bf16"`` or ``"fp32"``.
+    precision: ``"auto"`` (what the hardware does natively: :func:`~elit_utils.runtime.native_precision`),
+        ``"bf16"``, ``"fp16"`` (CUDA GPUs only, with a gradient scaler) or ``"fp32"``. The
+        precision actually used is recorded with every member.
     members_per_pack: members trained together; None: all on a GPU, one on a CPU.
     """
 
@@ -86,11 +110,16 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in ("bce", "bce+dice"):
-            raise ValueError(f"loss must be 'bce' or 'bce+dice', got {self.loss!r}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        if self.n_iterations < 1 or self.batch_size < 1 or not 0 <= self.swa_iterations <= self.n_iterations:
-            raise ValueError("need n_iterations >= 1, batch_size >= 1 and 0 <= swa_iterations <= n_iterations")
+            raise BadValueError(f"loss={self.loss!r} is not a known loss; use 'bce' or 'bce+dice'.")
+        if self.precision not in PRECISIONS:
+            raise BadValueError(f"precision={self.precision!r} is not one of {', '.join(map(repr, PRECISIONS))}; use 'auto' to let the hardware decide.")
+        for name in ("n_iterations", "batch_size"):
+            _whole_number(getattr(self, name), f"TrainingConfig.{name}", minimum=1)
+        _whole_number(self.swa_iterations, "TrainingConfig.swa_iterations", minimum=0, maximum=self.n_iterations)
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise BadValueError(f"TrainingConfig.learning_rate={self.learning_rate!r} must be a positive number, e.g. 1e-3.")
+        if self.members_per_pack is not None:
+            _whole_number(self.members_per_pack, "TrainingConfig.members_per_pack", minimum=1)
 
     def as_dict(self) -> dict:
         """Plain dictionary for JSON records (without the pack size, which does not change results)."""
@@ -113,15 +142,59 @@ def data_hash(images: np.ndarray, masks: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def _whole_number(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int, refused (:class:`BadValueError`) when it is not a whole number in range.
+
+    >>> _whole_number(3, "n_members", minimum=1)
+    3
+    >>> _whole_number(0, "n_members", minimum=1)
+    Traceback (most recent call last):
+    ...
+    elit_utils.errors.BadValueError: n_members=0 must be a whole number >= 1.
+    """
+    limits = " and ".join(part for part in (f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else "") if part)
+    try:
+        number = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        number = None
+    if number is None or (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise BadValueError(f"{name}={value!r} must be a whole number{' ' + limits if limits else ''}.")
+    return number
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to run the forward pass under bfloat16 autocast."""
-    if precision != "auto":
-        return precision == "bf16"
-    return detect_device().bf16 if device.type in ("cpu", "cuda") else False
+    """Whether ``precision`` on ``device`` means bfloat16 autocast (see :func:`~elit_utils.runtime.resolve_precision`).
+
+    >>> use_bf16("fp32", torch.device("cpu"))
+    False
+    """
+    return resolve_precision(precision, device) == "bf16"
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast to ``precision`` on ``device`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def _strict_fp32(device: torch.device) -> object:
+    """Plain fp32 arithmetic on ``device``: autocast off (even inside a caller's), and no TF32 in
+    convolutions or matrix products (GPUs of compute capability 8.0+ would otherwise round fp32
+    to TF32), so that features agree across machines.
+
+    >>> with _strict_fp32(torch.device("cpu")):
+    ...     torch.backends.cudnn.allow_tf32, torch.is_autocast_enabled("cpu")
+    (False, False)
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -148,11 +221,64 @@ def _member_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: 
     return total, per_member.detach()
 
 
+# --------------------------------------------------------------------------- model folders
+
+
 def _member_name(seed: int) -> str:
     return f"member_{seed:04d}"
 
 
+def _member_paths(folder: Path, seed: int) -> tuple[Path, Path]:
+    """A member's record and weights file."""
+    name = _member_name(seed)
+    return folder / f"{name}.json", folder / f"{name}.safetensors"
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}")
+
+
+def _short(error: BaseException) -> str:
+    """The first line of an error's message, at most 100 characters (for one-line messages)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _plain(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists), for comparisons with records."""
+    return json.loads(json.dumps(value))
+
+
+def _describe_seeds(seeds: list[int]) -> str:
+    """``seeds 0-3`` for a run of seeds, else the list.
+
+    >>> _describe_seeds([0, 1, 2, 3]), _describe_seeds([5]), _describe_seeds([0, 2])
+    ('seeds 0-3', 'seed 5', 'seeds 0, 2')
+    """
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex), as recorded for every member's weights.
+
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "empty"; _ = path.write_bytes(b"")
+    >>> file_sha256(path)[:12]
+    'e3b0c44298fc'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _record(architecture: UnetArchitecture, config: TrainingConfig, data_digest: str, sampling_A_per_px: float) -> dict:
+    """What every member of one training shares (:data:`IDENTITY_KEYS`)."""
     return {
         "format_version": FORMAT_VERSION,
         "architecture": architecture.as_dict(),
@@ -163,13 +289,311 @@ def _record(architecture: UnetArchitecture, config: TrainingConfig, data_digest:
     }
 
 
-def _save_member(folder: Path, seed: int, state: dict[str, torch.Tensor], record: dict) -> None:
+def _rerun(folder: Path, record: dict) -> str:
+    """How to finish or repair ``folder``: the command that wrote it."""
+    if isinstance(record.get("training"), dict) and "adapt" in record["training"]:
+        return f"rerun elit adapt (or adapt) with the output folder that holds {folder.name}"
+    return f"rerun elit train --out {folder} (or train_ensemble into it)"
+
+
+def _read_json(path: Path, remedy: str) -> dict:
+    """A JSON object from ``path``; a :class:`BadModelFolderError` naming the file when it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadModelFolderError(f"{path} is not readable JSON ({_short(error)}); {remedy}.") from error
+    if not isinstance(data, dict):
+        raise BadModelFolderError(f"{path} holds a JSON {type(data).__name__}, not an ELIT Lab record; {remedy}.")
+    return data
+
+
+def _architecture(record: dict, path: Path) -> UnetArchitecture:
+    """The U-Net a record describes; a :class:`BadModelFolderError` when it describes none."""
+    spec = record.get("architecture")
+    try:
+        architecture = UnetArchitecture(**{**spec, "layers": tuple(spec["layers"])})
+        sizes = (architecture.nb_classes, architecture.nb_filters, *architecture.layers)
+        if len(architecture.layers) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            raise ValueError("sizes must be 4 layer counts and positive whole numbers")
+    except (TypeError, KeyError, ValueError) as error:
+        raise BadModelFolderError(
+            f"{path}: architecture {spec!r} is not a U-Net ELIT Lab builds ({_short(error)}); the file is damaged: restore it or retrain."
+        ) from error
+    return architecture
+
+
+def read_record(folder: str | Path) -> dict:
+    """The checked ``ensemble.json`` of a model folder.
+
+    Refuses (:class:`~elit_utils.errors.BadModelFolderError`, naming the file) a folder without
+    one, invalid JSON, a record without the keys of an ensemble, an unknown format, a pixel size
+    that is not a positive number of A/px, and a member list that is not unique whole seeds.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp()); _ = (folder / RECORD_FILE).write_text("{}")
+    >>> read_record(folder)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    elit_utils.errors.BadModelFolderError: .../ensemble.json lacks format_version, architecture, ...: not an ELIT Lab model record; ...
+    """
+    folder = Path(folder)
+    path = folder / RECORD_FILE
+    if not path.is_file():
+        raise BadModelFolderError(f"{folder} has no {RECORD_FILE}: not an ELIT Lab model folder; pass the folder that elit train wrote (its --out).")
+    remedy = "the file is damaged: restore it, or train into a new folder"
+    record = _read_json(path, remedy)
+    missing = [key for key in ("format_version", *IDENTITY_KEYS) if key not in record]
+    if missing:
+        raise BadModelFolderError(f"{path} lacks {', '.join(missing)}: not an ELIT Lab model record; {remedy}.")
+    if record["format_version"] not in (1, FORMAT_VERSION):
+        raise BadModelFolderError(
+            f"{path} has format_version {record['format_version']!r}, which this ELIT Lab does not read; update ELIT Lab (pip install -U elit-lab) or retrain."
+        )
+    sampling, (low, high) = record["sampling_A_per_px"], PLAUSIBLE_SAMPLING_A_PER_PX
+    if isinstance(sampling, bool) or not isinstance(sampling, (int, float)) or not math.isfinite(sampling) or not low <= sampling <= high:
+        raise BadModelFolderError(f"{path}: sampling_A_per_px {sampling!r} is not a pixel size of {low}-{high} A/px; {remedy}.")
+    _architecture(record, path)
+    if record["format_version"] >= 2:
+        seeds, members = record.get("seeds"), record.get("members")
+        whole = isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        if not whole or not seeds or len(set(seeds)) != len(seeds):
+            raise BadModelFolderError(f"{path}: seeds {seeds!r} is not a list of distinct whole seeds; {remedy}.")
+        if not isinstance(members, dict) or not all(isinstance(m, dict) and isinstance(m.get("weights_sha256"), str) for m in members.values()):
+            raise BadModelFolderError(f"{path}: members must map each finished seed to its weights' sha256; {remedy}.")
+    return record
+
+
+def _scan_member_files(folder: Path) -> tuple[dict[int, list[Path]], list[str]]:
+    """The member files of ``folder`` by seed, and the names of other ``member_*`` files (ignored).
+
+    Only exact names count: ``member_0001.json`` and ``member_0001.safetensors``. A backup such as
+    ``member_0001_old.safetensors`` is not a member; ``member_01.json``, which would claim seed 1
+    beside ``member_0001.json``, is refused as ambiguous.
+    """
+    found: dict[int, list[Path]] = {}
+    ignored = []
+    for path in sorted(folder.iterdir()):
+        if not path.name.startswith("member_"):
+            continue
+        match = _MEMBER_FILE.fullmatch(path.name)
+        if match is None or not path.is_file():
+            ignored.append(path.name)
+            continue
+        seed = int(match[1])
+        canonical = f"{_member_name(seed)}.{match[2]}"
+        if path.name != canonical:
+            raise BadModelFolderError(f"{path}: a member file of seed {seed} must be named {canonical}; rename it or move it out of {folder}.")
+        found.setdefault(seed, []).append(path)
+    return found, ignored
+
+
+def _member_state(folder: Path, record: dict, seed: int) -> tuple[str, dict | None, str | None]:
+    """Where member ``seed`` stands: (status, its record, its weights' sha256).
+
+    ``"finished"``: weights, record and ``ensemble.json`` agree; ``"untrained"``: no member record
+    (not started, or weights whose record was never written); ``"unrecorded"``: finished, but the
+    run stopped before ``ensemble.json`` listed it. Anything inconsistent raises a
+    :class:`BadModelFolderError` naming the file and the remedy.
+    """
+    json_path, weights_path = _member_paths(folder, seed)
+    retrain = f"delete {json_path.name} and {_rerun(folder, record)} to retrain it"
+    if not json_path.is_file():
+        return "untrained", None, None
+    if not weights_path.is_file():
+        raise BadModelFolderError(f"{json_path} has no weights file {weights_path.name}; {retrain}.")
+    member = _read_json(json_path, retrain)
+    differs = [key for key in IDENTITY_KEYS if _plain(member.get(key)) != _plain(record[key])]
+    if differs:
+        raise BadModelFolderError(
+            f"{json_path} belongs to another training ({', '.join(differs)} differ from {RECORD_FILE}'s); "
+            f"move {_member_name(seed)}.json and .safetensors out of {folder}, then {_rerun(folder, record)} to retrain it."
+        )
+    if member.get("seed") != seed:
+        raise BadModelFolderError(f"{json_path} records seed {member.get('seed')!r}, not {seed} (a renamed file?); {retrain}.")
+    sha = file_sha256(weights_path)
+    if member.get("weights_sha256") not in (None, sha):
+        raise BadModelFolderError(
+            f"{weights_path} is not the file {json_path.name} describes (sha256 differs: swapped, changed or damaged); restore it, or {retrain}."
+        )
+    entry = record.get("members", {}).get(str(seed))
+    if entry is None:
+        return "unrecorded", member, sha
+    if entry["weights_sha256"] != sha:
+        raise BadModelFolderError(
+            f"{weights_path} is not the weights file {RECORD_FILE} records (sha256 differs: swapped, changed or damaged); restore it, or {retrain}."
+        )
+    return "finished", member, sha
+
+
+def _extra_member_error(folder: Path, record: dict, path: Path) -> BadModelFolderError:
+    return BadModelFolderError(
+        f"{path} is not one of this ensemble's members ({RECORD_FILE} lists {_describe_seeds(record['seeds'])}); "
+        f"move {path.stem}.* out of {folder} (after an interrupted resize: rerun elit train --resize)."
+    )
+
+
+def _verified_members(folder: Path, record: dict) -> dict[int, tuple[dict, str]]:
+    """Every member of the folder, checked: seed -> (its record, its weights' sha256), in the record's order."""
+    found, ignored = _scan_member_files(folder)
+    if ignored:
+        _note(f"ignoring {', '.join(ignored[:3])}{' ...' if len(ignored) > 3 else ''} in {folder}: only member_NNNN.json/.safetensors are members.")
+    old = record["format_version"] < 2
+    if old:
+        _note(f"{folder} was written by an older ELIT Lab without weight hashes, so its members are not verified; {_rerun(folder, record)} to record them.")
+        seeds = sorted(found)
+        if not seeds:
+            raise BadModelFolderError(f"{folder} holds no finished members; {_rerun(folder, record)} to train them.")
+    else:
+        seeds = list(record["seeds"])
+        extra = sorted(set(found) - set(seeds))
+        if extra:
+            raise _extra_member_error(folder, record, found[extra[0]][0])
+    members, untrained = {}, []
+    for seed in seeds:
+        status, member, sha = _member_state(folder, record, seed)
+        json_path, weights_path = _member_paths(folder, seed)
+        if status == "untrained" and weights_path.exists():
+            raise BadModelFolderError(f"{weights_path} has no {json_path.name}: its training was interrupted; {_rerun(folder, record)} to retrain it.")
+        if status == "untrained":
+            untrained.append(seed)
+        elif status == "unrecorded" and not old:
+            raise BadModelFolderError(
+                f"{json_path} finished but is not yet listed in {RECORD_FILE} (training was interrupted); "
+                f"{_rerun(folder, record)} to list it (nothing is retrained)."
+            )
+        else:
+            members[seed] = (member, sha)
+    if untrained:
+        names = ", ".join(_member_name(s) for s in untrained[:3]) + (" ..." if len(untrained) > 3 else "")
+        raise BadModelFolderError(
+            f"{folder} holds {len(members)} of the {len(seeds)} members {RECORD_FILE} lists ({names} not trained yet); "
+            f"{_rerun(folder, record)} with the same settings to finish it."
+        )
+    return members
+
+
+def _read_weights(path: Path, remedy: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (never unpickles); a :class:`BadModelFolderError` naming the file when it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BadModelFolderError(f"{path} is not a readable safetensors file ({_short(error)}); {remedy}.") from error
+
+
+def _record_member(folder: Path, seed: int, sha: str, precision: str | None) -> None:
+    """List a finished member in ``ensemble.json`` (atomically): the last of its three writes."""
+    record = read_record(folder)
+    entry = {"weights_sha256": sha} if precision is None else {"weights_sha256": sha, "precision": precision}
+    write_json_atomic(folder / RECORD_FILE, {**record, "members": {**record["members"], str(seed): entry}})
+
+
+def _save_member(folder: Path, seed: int, state: dict[str, torch.Tensor], member: dict) -> None:
+    """Write a finished member: weights, then its record (with the weights' sha256), then its line in
+    ``ensemble.json``; each atomically, so that a kill at any moment leaves a folder that loading refuses
+    and a rerun completes."""
     from safetensors.torch import save_file
 
-    name = _member_name(seed)
-    with atomic_path(folder / f"{name}.safetensors") as tmp:
+    json_path, weights_path = _member_paths(folder, seed)
+    with atomic_path(weights_path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    write_json_atomic(folder / f"{name}.json", record)  # written last: a member counts as finished once its JSON exists
+        sha = file_sha256(tmp)
+    write_json_atomic(json_path, {**member, "weights_sha256": sha})
+    _record_member(folder, seed, sha, member.get("precision"))
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Half-written files of a killed run (atomic writes that never reached their rename)."""
+    for path in folder.glob(".member_*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in folder.glob(f".{RECORD_FILE}.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def _size_error(folder: Path, existing: list[int], seeds: list[int]) -> BadModelFolderError:
+    if len(existing) != len(seeds):
+        return BadModelFolderError(
+            f"{folder} holds an ensemble of {len(existing)} members ({_describe_seeds(existing)}), not {len(seeds)}; to change its size pass "
+            "resize=True (elit train --resize: it trains the new members or removes the last ones, and the shift detector is refitted), "
+            "or choose another output folder (nothing was changed)."
+        )
+    return BadModelFolderError(
+        f"{folder} holds {_describe_seeds(existing)}, not {_describe_seeds(seeds)} (another --seed?); choose another output folder (nothing was changed)."
+    )
+
+
+def _claim_folder(folder: Path, identity: dict, seeds: list[int], resize: bool = False) -> dict:
+    """Write the folder's record for a training of ``seeds``, or check that the folder holds the same
+    training; with ``resize``, change its member list to ``seeds``. Returns the record.
+
+    A folder whose record is of another configuration, or of other members, is refused, unless it
+    holds no member files yet (an earlier start that failed before finishing any member): then it
+    is taken over, since nothing is lost.
+    """
+    path = folder / RECORD_FILE
+    found, _ = _scan_member_files(folder)
+    fresh = {**identity, "format_version": FORMAT_VERSION, "seeds": seeds, "members": {}}
+    if not path.exists():
+        if found:
+            raise BadModelFolderError(f"{folder} holds member files but no {RECORD_FILE}: not a training this can resume; choose another output folder.")
+        write_json_atomic(path, fresh)
+        return fresh
+    existing = read_record(folder)
+    differs = [key for key in IDENTITY_KEYS if _plain(existing[key]) != _plain(identity[key])]
+    if not found:
+        if differs or existing.get("seeds") != seeds:
+            write_json_atomic(path, fresh)
+            return fresh
+        return existing
+    if differs:
+        raise BadModelFolderError(
+            f"{folder} holds an ensemble trained with a different configuration ({', '.join(differs)} differ); "
+            "choose another output folder (nothing was overwritten)."
+        )
+    upgrade = existing["format_version"] < 2
+    if upgrade:  # written before records listed their members: its finished members are adopted
+        finished = sorted(found)
+        existing = {**existing, "format_version": FORMAT_VERSION, "seeds": seeds if set(finished) <= set(seeds) else finished, "members": {}}
+    if existing["seeds"] != seeds:
+        if not resize:
+            raise _size_error(folder, existing["seeds"], seeds)
+        if seeds[0] != existing["seeds"][0]:
+            raise BadModelFolderError(
+                f"{folder} holds {_describe_seeds(existing['seeds'])}; a resize keeps the first seed, but {_describe_seeds(seeds)} were asked for "
+                "(another --seed?); choose another output folder (nothing was changed)."
+            )
+        (folder / SHIFT_DETECTOR_FILE).unlink(missing_ok=True)  # fitted on the old members: refitted after the resize
+        existing = {**existing, "seeds": seeds, "members": {k: v for k, v in existing["members"].items() if int(k) in seeds}}
+    elif not (resize or upgrade):
+        return existing
+    write_json_atomic(path, existing)  # the new member list first, then the files of members no longer in it
+    for seed, paths in found.items():
+        if seed not in seeds:
+            for member_file in sorted(paths, key=lambda p: p.suffix != ".json"):
+                member_file.unlink(missing_ok=True)
+    return existing
+
+
+def _members_to_train(folder: Path, record: dict) -> list[int]:
+    """The seeds of ``record`` still to train; finished members that ``ensemble.json`` does not list
+    yet (a run stopped between the last two writes) are listed, not retrained."""
+    found, _ = _scan_member_files(folder)
+    extra = sorted(set(found) - set(record["seeds"]))
+    if extra:
+        raise _extra_member_error(folder, record, found[extra[0]][0])
+    todo = []
+    for seed in record["seeds"]:
+        status, member, sha = _member_state(folder, record, seed)
+        if status == "untrained":
+            todo.append(seed)
+        elif status == "unrecorded":
+            _record_member(folder, seed, sha, member.get("precision"))
+    return todo
+
+
+# --------------------------------------------------------------------------- training
 
 
 def _train_pack(
@@ -208,7 +632,8 @@ def _train_pack(
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     generators = [torch.Generator().manual_seed(10_000 + seed + 1_000_003 * stream) for seed in seeds]
     targets = masks if weights is None else torch.cat([masks, weights], dim=1)
-    bf16 = use_bf16(config.precision, device)
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")  # fp16's small range: scale the loss so small gradients survive
     history = np.zeros((config.n_iterations, len(seeds)), np.float32)
     averaged: dict[str, torch.Tensor] | None = None
     swa_start = config.n_iterations - config.swa_iterations
@@ -222,13 +647,14 @@ def _train_pack(
             batch_y.append(y)
         x = torch.cat(batch_x, dim=1).contiguous(memory_format=torch.channels_last)
         y = torch.stack(batch_y, dim=1)  # (B, members, 1 or 2, H, W): the mask, and the loss weight if any
-        with _autocast(device, bf16):
+        with _autocast(device, precision):
             logits = net(x)
         weight = y[:, :, 1:] if weights is not None else None
         loss, per_member = _member_loss(logits.float(), y[:, :, :1], config.loss, weight)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
+        scaler.step(optimizer)
+        scaler.update()
         history[step] = per_member.cpu().numpy()
         if step >= swa_start and config.swa_iterations > 0:
             current = {k: v.detach().float().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
@@ -256,74 +682,69 @@ def train_ensemble(
     first_seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    resize: bool = False,
 ) -> Ensemble:
     """Train (or finish training) an ensemble into ``out_dir`` and return it.
 
     ``images`` (n, H, W) are raw intensities (normalised here, per image, as at
     prediction); ``masks`` (n, H, W) are the atom masks (bool or 0/1). H and W
     must be multiples of 8. Members have seeds ``first_seed .. first_seed + n_members - 1``.
+
+    A folder that already holds this training resumes it: finished members are kept. A
+    folder of another configuration is refused, and so is one of another number of members
+    unless ``resize`` is True: then the new members are trained, or the last ones removed
+    (the record is rewritten first), and the shift detector fitted on the old members is
+    deleted, so that ``elit train`` (or :func:`~elit_utils.ood.ensure_shift_detector`) refits it.
     """
     architecture = architecture or UnetArchitecture()
     config = config or TrainingConfig()
+    n_members = _whole_number(n_members, "n_members", minimum=1)
+    first_seed = _whole_number(first_seed, "first_seed", minimum=0)
     images, masks = _check_training_data(images, masks)
     sampling = check_sampling(sampling_A_per_px)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
+    precision = resolve_precision(config.precision, device)  # refused here, before the folder is touched
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    record = _record(architecture, config, data_hash(images, masks), sampling)
-    _claim_folder(folder, record)
+    _remove_stale_temporaries(folder)
     seeds = [first_seed + i for i in range(n_members)]
-    todo = [seed for seed in seeds if not (folder / f"{_member_name(seed)}.json").exists()]
+    record = _claim_folder(folder, _record(architecture, config, data_hash(images, masks), sampling), seeds, resize)
+    todo = _members_to_train(folder, record)
     if 0 < len(todo) < len(seeds) and progress:
         print(f"Resuming: {len(seeds) - len(todo)} of {len(seeds)} members already trained in {folder}; training the other {len(todo)}")
     pack = config.members_per_pack or (len(todo) if device.type == "cuda" else 1)
     x = torch.from_numpy(normalize_image(images))[:, None]
     y = torch.from_numpy(masks.astype(np.float32))[:, None]
     torch.set_num_threads(os.cpu_count() or 1)
+    identity = {key: record[key] for key in ("format_version", *IDENTITY_KEYS)}
     for start in range(0, len(todo), max(pack, 1)):
         group = todo[start : start + pack]
         net, history, seconds = _train_pack(x, y, group, architecture, config, device, progress)
         for index, seed in enumerate(group):
-            member_record = {
-                **record,
+            member = {
+                **identity,
                 "seed": seed,
+                "precision": precision,
                 "seconds": seconds / len(group),
                 "loss_history": history[:, index].tolist(),
                 "versions": package_versions(),
             }
-            _save_member(folder, seed, net.member_state_dict(index), member_record)
-    return Ensemble.load(folder, seeds=seeds, device=device)
+            _save_member(folder, seed, net.member_state_dict(index), member)
+    return Ensemble.load(folder, device=device)
 
 
 def _check_training_data(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images, np.float32)
     masks = np.asarray(masks)
     if images.ndim != 3 or masks.shape != images.shape:
-        raise ValueError(f"images and masks must both be (n, H, W) and equal in shape, got {images.shape} and {masks.shape}")
-    if images.shape[1] % 8 or images.shape[2] % 8:
-        raise ValueError(f"image sides must be multiples of 8 (three 2x poolings), got {images.shape[1:]}")
+        raise BadImageError(f"images and masks must both be (n, H, W) and equal in shape, got {images.shape} and {masks.shape}")
+    if images.shape[1] % 8 or images.shape[2] % 8 or min(images.shape) == 0:
+        raise BadImageError(f"training image sides must be multiples of 8 (three 2x poolings), got {images.shape[1:]}; crop or pad them.")
     if not np.isfinite(images).all():
-        raise ValueError("training images contain NaN or inf")
+        raise BadImageError("training images contain NaN or inf; clean them before training.")
     if not np.isin(np.unique(masks), (0, 1)).all():
-        raise ValueError("masks must hold only 0 and 1 (or False and True)")
+        raise BadImageError("masks must hold only 0 and 1 (or False and True)")
     return images, masks.astype(bool)
-
-
-def _claim_folder(folder: Path, record: dict) -> None:
-    """Write the ensemble record, or check that the folder's record is the same configuration."""
-    path = folder / RECORD_FILE
-    if path.exists():
-        existing = json.loads(path.read_text())
-        if {k: existing.get(k) for k in record} != json.loads(json.dumps(record)):
-            differs = [k for k in record if existing.get(k) != json.loads(json.dumps(record[k]))]
-            raise ValueError(
-                f"{folder} holds an ensemble trained with a different configuration ({', '.join(differs)} differ); "
-                "choose another output folder (nothing was overwritten)."
-            )
-        return
-    if any(folder.glob("member_*")):
-        raise ValueError(f"{folder} holds member files but no {RECORD_FILE}; choose another output folder.")
-    write_json_atomic(path, record)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -391,21 +812,97 @@ def _blend_window(size: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp) + 1e-6
 
 
-class Ensemble:
-    """A trained ensemble: members, their record, and prediction with uncertainty."""
+def checked_images(images: np.ndarray, what: str = "predict") -> np.ndarray:
+    """An image (H, W) or a stack (n, H, W) as float32, refused (:class:`BadImageError`) when no
+    U-Net should see it: not numbers (bool masks, complex, text), empty, an RGB(A) colour image
+    (H, W, 3|4), sides under 8 px, NaN or inf, or a constant frame.
 
-    def __init__(self, packs: list[PackedUnet], seeds: list[int], record: dict, device: torch.device, folder: Path) -> None:
+    A stack of three frames is (3, H, W); an array whose *last* axis is 3 or 4 long is a colour
+    image and is refused rather than guessed at: convert it to one channel first.
+
+    >>> checked_images(np.arange(64).reshape(8, 8)).dtype
+    dtype('float32')
+    >>> checked_images(np.zeros((32, 32, 3)))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    elit_utils.errors.BadImageError: predict got an array of shape (32, 32, 3), which looks like an RGB(A) colour image; pass one channel ...
+    """
+    try:
+        array = np.asarray(images)
+    except ValueError as error:  # a list of frames of different sizes
+        raise BadImageError(f"{what} got frames of different shapes ({_short(error)}); pass them one at a time, or as one (n, H, W) stack.") from error
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        hints = {"c": "the magnitude np.abs(image)", "b": "intensities (a mask is not an image)", "O": "numbers (frames of different sizes: one at a time)"}
+        hint = hints.get(array.dtype.kind, "numbers")
+        raise BadImageError(f"{what} got an array of dtype {array.dtype}; pass {hint} as integers or floats.")
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
+        raise BadImageError(
+            f"{what} got an array of shape {array.shape}, which looks like an RGB(A) colour image; "
+            "pass one channel (e.g. image[..., 0] or image.mean(axis=-1)); a stack of frames is (n, H, W)."
+        )
+    if array.ndim not in (2, 3):
+        raise BadImageError(f"{what} expects an image (H, W) or a stack (n, H, W), got shape {array.shape}.")
+    if array.size == 0 or min(array.shape[-2:]) < 8:
+        raise BadImageError(f"{what} got an image of shape {array.shape}: too small (the U-Nets need at least 8 px a side).")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise BadImageError(f"the image given to {what} contains NaN or inf; clean it first (e.g. np.nan_to_num).")
+    frames = array.reshape(-1, *array.shape[-2:])
+    flat = np.flatnonzero(frames.max(axis=(1, 2)) == frames.min(axis=(1, 2)))
+    if len(flat):
+        where = "the image" if array.ndim == 2 else f"frame {flat[0]} of the stack"
+        raise BadImageError(
+            f"{where} given to {what} is constant (every pixel {frames[flat[0]].flat[0]:g}): it holds no atoms; check the acquisition or leave it out."
+        )
+    return array
+
+
+def _check_tiling(tile_px: int, overlap_px: int) -> tuple[int, int]:
+    """Checked tile size (a multiple of 8, at least 16 px) and overlap (0 to less than half the tile).
+
+    >>> _check_tiling(512, 32)
+    (512, 32)
+    """
+    tile = _whole_number(tile_px, "tile_px", minimum=16)
+    if tile % 8:
+        raise BadValueError(f"tile_px={tile_px} must be a multiple of 8 (the U-Net halves the image three times), e.g. {tile - tile % 8}.")
+    overlap = _whole_number(overlap_px, "overlap_px", minimum=0, maximum=tile // 2 - 1)
+    return tile, overlap
+
+
+class Ensemble:
+    """A trained ensemble: members, their record, and prediction with uncertainty.
+
+    Attributes
+    ----------
+    folder: the model folder it was loaded from.
+    seeds: the members' seeds.
+    record: the folder's ``ensemble.json`` with ``members`` mapping each seed (a string) to its
+        ``member_NNNN.json`` (seed, precision used, loss history, weights' sha256, versions).
+    weights_sha256: seed -> sha256 of the member's weights file (what a shift detector records).
+    sampling_A_per_px: the pixel size the members were trained at.
+    """
+
+    def __init__(
+        self, packs: list[PackedUnet], seeds: list[int], record: dict, device: torch.device, folder: Path, weights_sha256: dict[int, str] | None = None
+    ) -> None:
         self.folder = folder
         self.packs = packs
         self.seeds = seeds
         self.record = record
         self.device = device
+        self.weights_sha256 = weights_sha256 or {}
         self.sampling_A_per_px: float = record["sampling_A_per_px"]
 
     @property
     def n_members(self) -> int:
         """Number of members."""
         return len(self.seeds)
+
+    @property
+    def precisions(self) -> dict[int, str | None]:
+        """The precision each member was trained in (``"bf16"``, ``"fp16"``, ``"fp32"``; None: not recorded)."""
+        return {seed: self.record["members"][str(seed)].get("precision") for seed in self.seeds}
 
     def loss_histories(self) -> np.ndarray:
         """Training loss per iteration and member, (iterations, N)."""
@@ -415,68 +912,63 @@ class Ensemble:
     def load(
         cls, folder: str | Path, seeds: list[int] | None = None, device: str | torch.device | None = None, members_per_pack: int | None = None
     ) -> Ensemble:
-        """Load the members of ``folder`` (all finished ones, or ``seeds``) without unpickling.
+        """Load the members of ``folder`` (all, or those of ``seeds``) without unpickling.
 
-        A member whose record or tensor shapes do not match the ensemble's
-        architecture is refused with an error naming the file.
+        The whole folder is checked first: every member ``ensemble.json`` lists must be there,
+        finished and unchanged (weights matching their recorded sha256), of the same training,
+        and no other member files may be present. Anything else raises a
+        :class:`~elit_utils.errors.BadModelFolderError` naming the file and the remedy.
         """
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        if not (folder / RECORD_FILE).exists():
-            raise FileNotFoundError(f"{folder} has no {RECORD_FILE}: not an ELIT Lab ensemble folder")
-        record = json.loads((folder / RECORD_FILE).read_text())
-        architecture = UnetArchitecture(**{**record["architecture"], "layers": tuple(record["architecture"]["layers"])})
-        if seeds is None:
-            seeds = sorted(int(p.stem.split("_")[1]) for p in folder.glob("member_*.json"))
-        if not seeds:
-            raise ValueError(f"{folder} holds no finished members")
-        states, members = [], {}
-        for seed in seeds:
-            name = _member_name(seed)
-            member = json.loads((folder / f"{name}.json").read_text())
-            if member.get("architecture") != record["architecture"]:
-                raise ValueError(f"{folder / name}.json: architecture {member.get('architecture')} does not match the ensemble's {record['architecture']}")
-            states.append(load_file(str(folder / f"{name}.safetensors")))
-            members[str(seed)] = member
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        pack = members_per_pack or (len(seeds) if device.type == "cuda" else 1)
+        record = read_record(folder)
+        members = _verified_members(folder, record)
+        chosen = _chosen_seeds(seeds, list(members), folder)
+        architecture = _architecture(record, folder / RECORD_FILE)
+        states = []
+        for seed in chosen:
+            json_path, weights_path = _member_paths(folder, seed)
+            states.append(_read_weights(weights_path, f"delete {json_path.name} and {_rerun(folder, record)} to retrain it"))
+        device = default_device(device)
+        pack = _whole_number(members_per_pack, "members_per_pack", minimum=1) if members_per_pack is not None else len(chosen) if device.type == "cuda" else 1
         packs = []
-        for start in range(0, len(seeds), pack):
+        for start in range(0, len(chosen), pack):
             net = PackedUnet(len(states[start : start + pack]), architecture)
             try:
                 net.load_members(states[start : start + pack])
             except ValueError as error:
-                raise ValueError(f"{folder}: a member does not fit the ensemble's architecture: {error}") from error
+                name = _member_name(chosen[start])
+                raise BadModelFolderError(
+                    f"{folder}: a member of {name}.. does not fit the ensemble's architecture ({_short(error)}); "
+                    f"delete its .json and {_rerun(folder, record)} to retrain it."
+                ) from error
             packs.append(net.to(device).to(memory_format=torch.channels_last).eval())
-        return cls(packs, list(seeds), {**record, "members": members}, device, folder)
+        loaded = {**record, "members": {str(seed): members[seed][0] for seed in chosen}}
+        return cls(packs, chosen, loaded, device, folder, {seed: members[seed][1] for seed in chosen})
 
     def subset(self, n_members: int) -> Ensemble:
         """The first ``n_members`` members as an ensemble of their own (e.g. one model, for a single-network baseline)."""
-        if not 1 <= n_members <= self.n_members:
-            raise ValueError(f"n_members must be between 1 and {self.n_members}, got {n_members}")
+        if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or not 1 <= n_members <= self.n_members:
+            raise BadValueError(f"n_members must be between 1 and {self.n_members}, got {n_members!r}")
         return Ensemble.load(self.folder, seeds=self.seeds[:n_members], device=self.device)
 
     @torch.inference_mode()
-    def _member_probabilities(self, image: np.ndarray, precision: str) -> np.ndarray:
+    def _member_probabilities(self, image: np.ndarray, precision: Precision) -> np.ndarray:
         """(N, H, W) probabilities for one normalised image whose sides are multiples of 8."""
-        bf16 = use_bf16(precision, self.device)
         x = torch.from_numpy(image)[None, None].to(self.device)
         outputs = []
         for net in self.packs:
             batch = x.expand(1, net.n_members, *image.shape).contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device, bf16):
+            with _autocast(self.device, precision):
                 logits = net(batch)
             outputs.append(torch.sigmoid(logits.float())[0, :, 0])
         return torch.cat(outputs).cpu().numpy()
 
-    def _predict_frame(self, image: np.ndarray, tile_px: int, overlap_px: int, precision: str) -> np.ndarray:
+    def _predict_frame(self, image: np.ndarray, tile: int, overlap_px: int, precision: Precision) -> np.ndarray:
         """Members' probabilities for one normalised frame of any size, tiled with smooth blending."""
         height, width = image.shape
-        if max(height, width) <= tile_px:
+        if max(height, width) <= tile:
             padded = np.pad(image, ((0, -height % 8), (0, -width % 8)), mode="reflect")
             return self._member_probabilities(padded, precision)[:, :height, :width]
-        tile = tile_px - tile_px % 8
         step = tile - overlap_px
         padded = np.pad(image, ((0, max(tile - height, 0)), (0, max(tile - width, 0))), mode="reflect")
         total = np.zeros((self.n_members, *padded.shape), np.float32)
@@ -490,14 +982,9 @@ class Ensemble:
                 weight[r : r + tile, c : c + tile] += window
         return (total / weight)[:, :height, :width]
 
-    def _working_frames(self, images: np.ndarray, sampling_A_per_px: float | None) -> tuple[np.ndarray, list[np.ndarray], bool]:
-        """Checked, normalised frames (n, H, W), each resampled to the training pixel size, and
-        whether resampling was needed (the pixel size differs by more than 2 %)."""
-        array = np.asarray(images, np.float32)
-        if array.ndim not in (2, 3):
-            raise ValueError(f"predict expects an image (H, W) or a stack (n, H, W), got shape {array.shape}")
-        if not np.isfinite(array).all():
-            raise ValueError("the image contains NaN or inf; clean it before predicting")
+    def _working_frames(self, array: np.ndarray, sampling_A_per_px: float | None) -> tuple[np.ndarray, list[np.ndarray], bool]:
+        """Normalised frames (n, H, W) of a checked image or stack, each resampled to the training
+        pixel size, and whether resampling was needed (the pixel size differs by more than 2 %)."""
         sampling = check_sampling(sampling_A_per_px)
         frames = normalize_image(array[None] if array.ndim == 2 else array)
         factor = 1.0 if sampling is None else sampling / self.sampling_A_per_px
@@ -515,45 +1002,68 @@ class Ensemble:
         When ``sampling_A_per_px`` is given and differs from the training pixel size
         by more than 2 %, each frame is resampled to the training pixel size, predicted,
         and the maps are resampled back: the result is always in the input's pixels.
+        Frames larger than ``tile_px`` (a multiple of 8) are predicted in tiles that overlap
+        by ``overlap_px`` (less than half a tile). ``precision``: ``"auto"`` (the hardware's
+        native precision), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"``.
         """
-        frames, work_frames, resampled = self._working_frames(images, sampling_A_per_px)
+        array = checked_images(images, "predict")
+        tile, overlap = _check_tiling(tile_px, overlap_px)
+        chosen = resolve_precision(precision, self.device)
+        frames, work_frames, resampled = self._working_frames(array, sampling_A_per_px)
         results = []
         for frame, work in zip(frames, work_frames):
-            members = self._predict_frame(work, tile_px, overlap_px, precision)
+            members = self._predict_frame(work, tile, overlap, chosen)
             if resampled:
                 members = np.stack([resize(m, frame.shape, order=1, preserve_range=True) for m in members]).clip(0, 1).astype(np.float32)
             results.append(members)
         stacked = np.stack(results, axis=1)  # (N, n, H, W)
-        return uncertainty_maps(stacked[:, 0] if np.ndim(images) == 2 else stacked, check_sampling(sampling_A_per_px))
+        return uncertainty_maps(stacked[:, 0] if array.ndim == 2 else stacked, check_sampling(sampling_A_per_px))
 
     @torch.inference_mode()
-    def features(self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, precision: str = "auto") -> np.ndarray:
+    def features(self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512) -> np.ndarray:
         """Each frame's summary in the members' feature space, (n frames, members x channels).
 
         Every member's bottleneck activations, averaged over the frame (at the training pixel
         size, in equal tiles of at most ``tile_px`` for large frames, weighted by tile area). Frames
         that look alike to the networks lie close together: :class:`elit_utils.ood.ShiftDetector`
-        measures how far a frame lies from the source frames.
+        measures how far a frame lies from the source frames. Always computed in plain fp32 (no
+        autocast, no TF32), so that a detector fitted on one machine scores alike on another.
         """
-        _, work_frames, _ = self._working_frames(images, sampling_A_per_px)
-        bf16 = use_bf16(precision, self.device)
-        tile = tile_px - tile_px % 8
+        array = checked_images(images, "features")
+        tile, _ = _check_tiling(tile_px, 0)
+        _, work_frames, _ = self._working_frames(array, sampling_A_per_px)
         summaries = []
-        for work in work_frames:
-            pooled, weights = [], []
-            row_parts = np.array_split(np.arange(work.shape[0]), -(-work.shape[0] // tile))  # equal tiles, none a thin strip
-            col_parts = np.array_split(np.arange(work.shape[1]), -(-work.shape[1] // tile))
-            for rows in row_parts:
-                for cols in col_parts:
-                    piece = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-                    padded = np.pad(piece, ((0, -piece.shape[0] % 8), (0, -piece.shape[1] % 8)), mode="reflect")
-                    x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
-                    with _autocast(self.device, bf16):
+        with _strict_fp32(self.device):
+            for work in work_frames:
+                pooled, weights = [], []
+                row_parts = np.array_split(np.arange(work.shape[0]), -(-work.shape[0] // tile))  # equal tiles, none a thin strip
+                col_parts = np.array_split(np.arange(work.shape[1]), -(-work.shape[1] // tile))
+                for rows in row_parts:
+                    for cols in col_parts:
+                        piece = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+                        padded = np.pad(piece, ((0, -piece.shape[0] % 8), (0, -piece.shape[1] % 8)), mode="reflect")
+                        x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
                         per_pack = [net.bottleneck_features(x.expand(1, net.n_members, *padded.shape).contiguous()) for net in self.packs]
-                    pooled.append(torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy())
-                    weights.append(piece.size)
-            summaries.append(np.average(pooled, axis=0, weights=weights))
+                        pooled.append(torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy())
+                        weights.append(piece.size)
+                summaries.append(np.average(pooled, axis=0, weights=weights))
         return np.array(summaries)
+
+
+def _chosen_seeds(seeds: list[int] | None, available: list[int], folder: Path) -> list[int]:
+    """The members to load: all, or ``seeds`` (each once, each a member)."""
+    if seeds is None:
+        return available
+    chosen = [_whole_number(seed, "a seed in seeds", minimum=0) for seed in seeds]
+    if not chosen:
+        raise BadValueError(f"seeds=[] selects no member; pass None for all, or some of {_describe_seeds(available)}.")
+    repeated = sorted({seed for seed in chosen if chosen.count(seed) > 1})
+    if repeated:
+        raise BadValueError(f"seeds={chosen} names seed {repeated[0]} more than once; each member counts once, so pass each seed once.")
+    unknown = [seed for seed in chosen if seed not in available]
+    if unknown:
+        raise BadValueError(f"seed {unknown[0]} is not a member of {folder} (it holds {_describe_seeds(available)}).")
+    return chosen
 
 
 # --------------------------------------------------------------------------- profiles
@@ -579,18 +1089,35 @@ def cached_ensemble(
 ) -> Ensemble:
     """The profile's ensemble trained on ``domain``: loaded from the cache, finished, or trained.
 
-    Lives in ``<cache>/ensembles/<domain>-<profile>-<hash>/``; an interrupted
-    training resumes there with the finished members.
+    Lives in ``<cache>/ensembles/<domain>-<profile>-<hash>/``, the hash covering the
+    architecture, training, data and simulator version (so a change of the physics trains
+    afresh); an interrupted training resumes there with the finished members. Asking for
+    fewer members than are cached gives the first ones; asking for more trains the others.
     """
     from .cache import cache_dir
     from .config import config_hash, get_profile
-    from .simulate import dataset
+    from .simulate import SIMULATOR_VERSION, dataset
 
     chosen = get_profile(profile)
     architecture, config = profile_training(chosen)
     members = n_members or chosen.n_members
     data = dataset(domain, n=chosen.n_train_images, seed=seed, image_size_px=chosen.image_size_px)
-    key = config_hash({"architecture": architecture, "training": config, "data": [domain, chosen.n_train_images, chosen.image_size_px, seed]})
+    data_key = [domain, chosen.n_train_images, chosen.image_size_px, seed]
+    key = config_hash({"architecture": architecture, "training": config, "data": data_key, "simulator_version": SIMULATOR_VERSION})
     folder = cache_dir() / "ensembles" / f"{domain}-{chosen.name}-{key}"
     sampling = data.conditions.sampling_A_per_px
-    return train_ensemble(data.images, data.atom_mask, folder, members, sampling, architecture, config, first_seed=1000 * seed, progress=progress)
+    cached = _cached_size(folder)
+    if cached is not None and cached > members:  # a larger ensemble is cached: its first members are the smaller one
+        full = train_ensemble(data.images, data.atom_mask, folder, cached, sampling, architecture, config, first_seed=1000 * seed, progress=progress)
+        return full.subset(members)
+    grow = cached is not None and cached < members
+    return train_ensemble(data.images, data.atom_mask, folder, members, sampling, architecture, config, first_seed=1000 * seed, progress=progress, resize=grow)
+
+
+def _cached_size(folder: Path) -> int | None:
+    """How many members a cached ensemble folder is meant to hold (None: no usable record yet)."""
+    try:
+        record = read_record(folder)
+    except BadModelFolderError:
+        return None
+    return len(record["seeds"]) if record["format_version"] >= 2 else None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +30,29 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from .cache import atomic_path, package_versions, write_json_atomic
-from .ensemble import Ensemble, TrainingConfig, _claim_folder, _member_name, _save_member, _train_pack, data_hash
+from .ensemble import (
+    IDENTITY_KEYS,
+    Ensemble,
+    TrainingConfig,
+    _claim_folder,
+    _members_to_train,
+    _save_member,
+    _train_pack,
+    _whole_number,
+    checked_images,
+    data_hash,
+)
+from .errors import BadImageError, BadValueError
 from .io import check_sampling, normalize_image
 from .locate import MIN_PROMINENCE, locate_atoms
 from .metrics import pooled_scores
+from .runtime import resolve_precision
 from .simulate import label_mask
 from .unet import UnetArchitecture
+
+#: The ways to adapt that :func:`compare_with_baselines` knows: ELIT (uncertainty-masked pseudo-labels),
+#: the paper's plain pseudo-labels, one network teaching itself, no adaptation, and the true-label ceiling.
+METHODS = ("ELIT", "plain", "single network", "no adaptation", "true labels")
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,10 @@ class AdaptConfig:
         pseudo-labels of two rounds agree to F1 >= 1 - stop_change.
     freeze_batch_norm: keep the members' batch-norm statistics while fine-tuning (a few
         small batches of new frames would otherwise replace them).
+    tile_px: side of the square tiles that target and source frames are cut into for
+        fine-tuning (a multiple of 8, at least 32). Smaller tiles make each step cheaper: a
+        64 px tile at 0.1 A/px still holds about 80 atoms, far more than the network's view
+        of one atom needs.
     """
 
     rounds: int = 3
@@ -77,6 +100,57 @@ class AdaptConfig:
     mask_radius_A: float = 0.35
     stop_change: float = 0.02
     freeze_batch_norm: bool = True
+    tile_px: int = 128
+
+    def __post_init__(self) -> None:
+        _whole_number(self.rounds, "AdaptConfig.rounds", minimum=1)
+        _whole_number(self.iterations_per_round, "AdaptConfig.iterations_per_round", minimum=1)
+        _whole_number(self.batch_size, "AdaptConfig.batch_size", minimum=1)
+        _whole_number(self.tile_px, "AdaptConfig.tile_px", minimum=MIN_ADAPT_FRAME_PX)
+        if self.tile_px % 8:
+            raise BadValueError(
+                f"AdaptConfig.tile_px={self.tile_px} must be a multiple of 8 (the U-Net halves the image three times), e.g. {self.tile_px - self.tile_px % 8}."
+            )
+        for name, low, high, why in _CONFIG_RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not _inside(value, low, high):
+                raise BadValueError(f"AdaptConfig.{name}={value!r} {why}.")
+        if self.background_probability >= self.threshold:
+            raise BadValueError(
+                f"AdaptConfig.background_probability={self.background_probability} must be below threshold={self.threshold} "
+                "(faint blobs are fainter than atoms)."
+            )
+        for name in ("mask_uncertain", "freeze_batch_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise BadValueError(f"AdaptConfig.{name}={getattr(self, name)!r} must be True or False.")
+
+
+#: Checked ranges of AdaptConfig's numbers: (field, (low, low inclusive), (high, high inclusive), what it must be).
+_CONFIG_RANGES = (
+    ("learning_rate", (0, False), (1, True), "must be a learning rate above 0 and at most 1, e.g. 5e-4"),
+    ("confident_mi_nats", (0, True), (math.log(2), True), "must lie between 0 and ln 2 = 0.693 nats (the largest MI of a yes/no answer)"),
+    ("threshold", (0, False), (1, False), "must be a probability strictly between 0 and 1"),
+    ("min_prominence", (0, True), (1, False), "must be a probability dip from 0 up to (not including) 1"),
+    ("background_probability", (0, True), (1, False), "must be a probability from 0 up to (not including) 1"),
+    ("source_fraction", (0, True), (1, False), "must be a share from 0 up to (not including) 1: at 1 no target tile would be left"),
+    ("mask_radius_A", (0, False), (5, True), "must be a radius in A above 0 and at most 5 (an atom's disc is about 0.35 A)"),
+    ("stop_change", (0, True), (1, True), "must be a relative change from 0 to 1"),
+)
+
+
+def _inside(value: float, low: tuple[float, bool], high: tuple[float, bool]) -> bool:
+    """Whether ``value`` lies between ``low`` and ``high`` (each a bound and whether it is included).
+
+    >>> _inside(1.0, (0, True), (1, False)), _inside(0.0, (0, True), (1, False))
+    (False, True)
+    """
+    above = value >= low[0] if low[1] else value > low[0]
+    below = value <= high[0] if high[1] else value < high[0]
+    return above and below
+
+
+#: The smallest frame side (px, at the ensemble's pixel size) that adapting accepts.
+MIN_ADAPT_FRAME_PX = 32
 
 
 @dataclass
@@ -167,17 +241,37 @@ def _score(
 
 
 def _checked_frames(frames: np.ndarray | list[np.ndarray], sampling_A_per_px: float | list[float] | None) -> tuple[list[np.ndarray], list[float]]:
-    """Frames as a list of finite 2D arrays and one checked pixel size per frame."""
-    frames = [np.asarray(frame, np.float32) for frame in (frames if isinstance(frames, (list, tuple)) or np.ndim(frames) == 3 else [frames])]
+    """Frames as a list of checked 2D arrays (:func:`~elit_utils.ensemble.checked_images`) and one checked pixel size per frame."""
+    if not isinstance(frames, (list, tuple)):
+        frames = checked_images(frames, "adapt")  # one frame (H, W) or a stack (n, H, W); a colour image is refused here
+        frames = list(frames) if frames.ndim == 3 else [frames]
+    checked = []
     for index, frame in enumerate(frames):
-        if frame.ndim != 2 or not np.isfinite(frame).all():
-            raise ValueError(f"frame {index} must be a finite 2D image, got shape {frame.shape}{'' if np.isfinite(frame).all() else ' with NaN or inf'}")
+        frame = checked_images(frame, f"adapt (frame {index})")
+        if frame.ndim != 2:
+            raise BadImageError(f"frame {index} must be a finite 2D image, got shape {frame.shape}; pass a list of (H, W) frames or one (n, H, W) stack.")
+        checked.append(frame)
+    if not checked:
+        raise BadImageError("adapt got no frames; pass at least one (H, W) frame.")
     if sampling_A_per_px is None or (isinstance(sampling_A_per_px, (list, tuple)) and None in sampling_A_per_px):
-        raise ValueError("The frames' pixel size is unknown: pass sampling_A_per_px (A/px); adapting without it would teach the wrong atom size.")
-    samplings = list(sampling_A_per_px) if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * len(frames)
-    if len(samplings) != len(frames):
-        raise ValueError(f"{len(frames)} frames but {len(samplings)} pixel sizes")
-    return frames, [check_sampling(s) for s in samplings]
+        raise BadValueError("The frames' pixel size is unknown: pass sampling_A_per_px (A/px); adapting without it would teach the wrong atom size.")
+    samplings = list(sampling_A_per_px) if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * len(checked)
+    if len(samplings) != len(checked):
+        raise BadValueError(f"{len(checked)} frames but {len(samplings)} pixel sizes; pass one pixel size, or one per frame.")
+    return checked, [check_sampling(s) for s in samplings]
+
+
+def _checked_source(source: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Checked labelled source frames (n, H, W) and their masks (same shape), at least 32 px a side."""
+    if source is None:
+        return None
+    images, masks = np.asarray(source[0]), np.asarray(source[1])
+    if images.ndim != 3 or masks.shape != images.shape or images.shape[1] < MIN_ADAPT_FRAME_PX or images.shape[2] < MIN_ADAPT_FRAME_PX:
+        raise BadImageError(
+            f"source must be (images, masks), both (n, H, W) of at least {MIN_ADAPT_FRAME_PX} px a side and equal in shape; "
+            f"got {images.shape} and {masks.shape}."
+        )
+    return checked_images(images, "adapt (source frames)"), masks
 
 
 def adapt(
@@ -188,24 +282,34 @@ def adapt(
     config: AdaptConfig | None = None,
     truth: list[np.ndarray] | None = None,
     source: tuple[np.ndarray, np.ndarray] | None = None,
-    tile_px: int = 128,
     progress: bool = True,
 ) -> AdaptResult:
     """Adapt ``ensemble`` to unlabelled ``frames`` of known pixel size, round by round.
 
     ``frames`` is an (n, H, W) stack with one pixel size, or a list of frames of any shapes with a
-    pixel size each (A/px). ``truth`` (atoms per frame, row/col px), when given, adds F1 to the
-    history; ``source`` (images, masks) are labelled frames mixed in so that the models do not
-    forget; training uses tiles of their size (else ``tile_px``). Round ``k`` is saved in
-    ``out_dir/round_k``; a rerun resumes from the rounds on disk.
+    pixel size each (A/px); each must be at least 32 px a side at the ensemble's pixel size.
+    ``truth`` (atoms per frame, row/col px), when given, adds F1 to the history; ``source``
+    (images, masks) are labelled frames mixed in so that the models do not forget; training uses
+    tiles of ``config.tile_px`` (or the smallest frame side, if smaller). Round ``k`` is saved in
+    ``out_dir/round_k``; a rerun resumes from the rounds on disk. Everything is checked before
+    any folder is written, so a refused start leaves nothing that blocks a corrected rerun.
     """
     config = config or AdaptConfig()
+    if not isinstance(config, AdaptConfig):
+        raise BadValueError(f"config must be an AdaptConfig, got {type(config).__name__}")
     frames, samplings = _checked_frames(frames, sampling_A_per_px)
+    source = _checked_source(source)
+    work = [_resample(frame, s / ensemble.sampling_A_per_px) for frame, s in zip(frames, samplings)]  # at the training pixel size
+    small = [index for index, w in enumerate(work) if min(w.shape) < MIN_ADAPT_FRAME_PX]
+    if small:
+        shape = work[small[0]].shape
+        raise BadImageError(
+            f"frame {small[0]} is {shape[0]}x{shape[1]} px at the ensemble's pixel size ({ensemble.sampling_A_per_px} A/px): too small to adapt on; "
+            f"use frames of at least {MIN_ADAPT_FRAME_PX} px a side there."
+        )
+    tile = _tile_size(config.tile_px, work, source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    work = [_resample(frame, s / ensemble.sampling_A_per_px) for frame, s in zip(frames, samplings)]  # at the training pixel size
-    tile = min(tile_px if source is None else source[0].shape[-1], *(side for w in work for side in w.shape))
-    tile -= tile % 8
     row, previous_found = _score(ensemble, frames, samplings, truth, config.threshold)
     history = [{"round": 0, **row}]
     current = ensemble
@@ -224,6 +328,17 @@ def adapt(
     return AdaptResult(current, history)
 
 
+def _tile_size(tile_px: int, frames: list[np.ndarray], source: tuple[np.ndarray, np.ndarray] | None) -> int:
+    """The fine-tuning tile side: ``tile_px``, or the smallest side of any frame when smaller (a multiple of 8).
+
+    >>> _tile_size(64, [np.zeros((100, 300))], None), _tile_size(128, [np.zeros((100, 300))], None)
+    (64, 96)
+    """
+    sides = [side for frame in frames for side in frame.shape] + ([] if source is None else list(source[0].shape[1:]))
+    tile = min(tile_px, *sides)
+    return tile - tile % 8
+
+
 def _fine_tune(
     ensemble: Ensemble, work: np.ndarray, labels: list, source: tuple | None, folder: Path, config: AdaptConfig, round_index: int, tile: int, progress: bool
 ) -> Ensemble:
@@ -233,35 +348,49 @@ def _fine_tune(
     weights = _tiles([w for _, w, _ in labels], tile)
     if source is not None and config.source_fraction > 0:
         n_source = max(1, round(len(images) * config.source_fraction / (1 - config.source_fraction)))
-        pick = np.random.default_rng(round_index).choice(len(source[0]), size=min(n_source, len(source[0])), replace=False)
-        source_images, source_masks = _tiles(source[0][pick], tile), _tiles(source[1][pick].astype(bool), tile)
+        source_images, source_masks = _tiles(source[0], tile), _tiles(source[1].astype(bool), tile)
+        pick = np.random.default_rng(round_index).choice(len(source_images), size=min(n_source, len(source_images)), replace=False)
+        source_images, source_masks = source_images[pick], source_masks[pick]
         images = np.concatenate([images, source_images])
         masks = np.concatenate([masks, source_masks])
         weights = np.concatenate([weights, np.ones(source_masks.shape, bool)])
     record = {
-        **{k: ensemble.record[k] for k in ("format_version", "architecture", "sampling_A_per_px", "normalization")},
+        **{k: ensemble.record[k] for k in ("architecture", "sampling_A_per_px", "normalization")},
         "training": {"adapt": dataclasses.asdict(config), "round": round_index},
         "data_hash": data_hash(images, masks),
     }
-    _claim_folder(folder, record)
     architecture = UnetArchitecture(**{**record["architecture"], "layers": tuple(record["architecture"]["layers"])})
     training = TrainingConfig(n_iterations=config.iterations_per_round, batch_size=config.batch_size, learning_rate=config.learning_rate, swa_iterations=0)
+    precision = resolve_precision(training.precision, ensemble.device)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = _claim_folder(folder, record, list(ensemble.seeds))  # only once everything above is known to be valid
+    todo = set(_members_to_train(folder, record))
     x = torch.from_numpy(normalize_image(images))[:, None]
     y = torch.from_numpy(masks.astype(np.float32))[:, None]
     w = torch.from_numpy(weights.astype(np.float32))[:, None]
+    identity = {key: record[key] for key in ("format_version", *IDENTITY_KEYS)}
     for pack_index, net in enumerate(ensemble.packs):
         offset = sum(p.n_members for p in ensemble.packs[:pack_index])
         seeds = ensemble.seeds[offset : offset + net.n_members]
-        if all((folder / f"{_member_name(s)}.json").exists() for s in seeds):
+        if not todo.intersection(seeds):
             continue  # finished before an interruption
         states = [net.member_state_dict(i) for i in range(net.n_members)]
         tuned, history, seconds = _train_pack(
             x, y, seeds, architecture, training, ensemble.device, progress, states, w, stream=round_index, freeze_batch_norm=config.freeze_batch_norm
         )
         for index, seed in enumerate(seeds):
-            member = {**record, "seed": seed, "seconds": seconds / len(seeds), "loss_history": history[:, index].tolist(), "versions": package_versions()}
+            if seed not in todo:
+                continue
+            member = {
+                **identity,
+                "seed": seed,
+                "precision": precision,
+                "seconds": seconds / len(seeds),
+                "loss_history": history[:, index].tolist(),
+                "versions": package_versions(),
+            }
             _save_member(folder, seed, tuned.member_state_dict(index), member)
-    return Ensemble.load(folder, seeds=ensemble.seeds, device=ensemble.device)
+    return Ensemble.load(folder, device=ensemble.device)
 
 
 def compare_with_baselines(
@@ -274,8 +403,9 @@ def compare_with_baselines(
     source: tuple[np.ndarray, np.ndarray] | None = None,
     true_masks: np.ndarray | None = None,
     progress: bool = True,
+    methods: Sequence[str] = METHODS,
 ) -> dict[str, list[dict]]:
-    """ELIT and its baselines on the same frames, each a history of rounds (see :func:`adapt`).
+    """ELIT and the chosen baselines (``methods``, from :data:`METHODS`) on the same frames, each a history of rounds (see :func:`adapt`).
 
     * ``ELIT``: the ensemble, confident atoms as labels, uncertain regions masked out;
     * ``plain``: the same ensemble, every atom above the threshold a label, no mask (the paper's scheme);
@@ -284,17 +414,21 @@ def compare_with_baselines(
     * ``true labels`` (when ``true_masks`` are given): the same fine-tuning with the simulator's
       labels, the ceiling that pseudo-labels can at best reach.
 
-    Each method works in its own subfolder of ``out_dir``, so each resumes on its own.
+    Each method works in its own subfolder of ``out_dir``, so each resumes on its own. ``ELIT``
+    always runs; a short run profile leaves out the costly baselines.
     """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise BadValueError(f"unknown adaptation method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}.")
     out = Path(out_dir)
-    runs = {
-        "ELIT": adapt(ensemble, frames, sampling_A_per_px, out / "elit", config, truth, source, progress=progress),
-        "plain": adapt(ensemble, frames, sampling_A_per_px, out / "plain", dataclasses.replace(config, mask_uncertain=False), truth, source, progress=progress),
-        "single network": adapt(ensemble.subset(1), frames, sampling_A_per_px, out / "single", config, truth, source, progress=progress),
-    }
-    histories = {name: run.history for name, run in runs.items()}
+    histories = {"ELIT": adapt(ensemble, frames, sampling_A_per_px, out / "elit", config, truth, source, progress=progress).history}
+    if "plain" in methods:
+        plain = dataclasses.replace(config, mask_uncertain=False)
+        histories["plain"] = adapt(ensemble, frames, sampling_A_per_px, out / "plain", plain, truth, source, progress=progress).history
+    if "single network" in methods:
+        histories["single network"] = adapt(ensemble.subset(1), frames, sampling_A_per_px, out / "single", config, truth, source, progress=progress).history
     histories["no adaptation"] = histories["ELIT"][:1]
-    if true_masks is not None:
+    if true_masks is not None and "true labels" in methods:
         histories["true labels"] = _fine_tune_on_true_labels(
             ensemble, frames, sampling_A_per_px, out / "true_labels", config, truth, source, true_masks, histories["ELIT"][0], progress
         )
@@ -322,8 +456,7 @@ def _fine_tune_on_true_labels(
     frames = list(np.asarray(frames, np.float32))
     labels = [(mask.astype(bool), np.ones(mask.shape, bool), 0) for mask in true_masks]
     budget = dataclasses.replace(config, iterations_per_round=config.iterations_per_round * config.rounds)
-    tile = min(source[0].shape[-1] if source is not None else 128, *frames[0].shape)
-    tuned = _fine_tune(ensemble, frames, labels, source, out, budget, 1, tile - tile % 8, progress)
+    tuned = _fine_tune(ensemble, frames, labels, source, out, budget, 1, _tile_size(config.tile_px, frames, source), progress)
     after, _ = _score(tuned, frames, [sampling] * len(frames), truth, config.threshold)
     return [before, {"round": config.rounds, **after}]
 

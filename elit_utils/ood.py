@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import BadModelFolderError, BadValueError
 from .locate import find_atoms, locate_atoms
 from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pool_scores, pooled_scores
 from .simulate import DOMAINS, Domain, dataset
@@ -262,6 +263,10 @@ class ShiftDetector:
     into folds, each fold is scored by a detector fitted on the others (so its scores are those of
     unseen frames), and the limit is the ``1 - false_alarm_rate`` quantile of those scores.
 
+    ``members``: the members whose features it was fitted on (seed -> sha256 of the weights
+    file); a detector is valid for exactly those members (:meth:`check`), and loading one beside
+    an ensemble that has changed since is refused.
+
     >>> rng = np.random.default_rng(0)
     >>> detector = ShiftDetector.fit(rng.normal(size=(40, 3)))
     >>> bool(detector.score(np.array([[0.0, 0.0, 0.0]]))[0] < detector.limit < detector.score(np.array([[6.0, 6.0, 6.0]]))[0])
@@ -271,6 +276,7 @@ class ShiftDetector:
     mean: np.ndarray
     precision_matrix: np.ndarray
     limit: float
+    members: dict[str, str] | None = None
 
     @staticmethod
     def _moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,59 +286,87 @@ class ShiftDetector:
         return fitted.location_, fitted.precision_
 
     @classmethod
-    def fit(cls, reference_features: np.ndarray, false_alarm_rate: float = 0.05, n_folds: int = 8) -> ShiftDetector:
-        """Fit on source frames' features, (n frames, features); needs at least 4 frames."""
+    def fit(cls, reference_features: np.ndarray, false_alarm_rate: float = 0.05, n_folds: int = 8, members: dict[str, str] | None = None) -> ShiftDetector:
+        """Fit on source frames' features, (n frames, features); needs at least 4 frames.
+
+        ``members`` (seed -> weights sha256, :func:`member_fingerprint`) records which members made the features.
+        """
         features = np.asarray(reference_features, float)
         if features.ndim != 2 or len(features) < 4:
-            raise ValueError(f"ShiftDetector.fit needs features of at least 4 reference frames (n, features), got shape {features.shape}")
+            raise BadValueError(f"ShiftDetector.fit needs features of at least 4 reference frames (n, features), got shape {features.shape}")
         if not np.isfinite(features).all():
-            raise ValueError("the reference features contain NaN or inf")
+            raise BadValueError("the reference features contain NaN or inf; check the reference frames")
         if not 0 < false_alarm_rate < 1:
-            raise ValueError(f"false_alarm_rate must lie strictly between 0 and 1, got {false_alarm_rate}")
+            raise BadValueError(f"false_alarm_rate must lie strictly between 0 and 1, got {false_alarm_rate}")
         held_out = []
         for fold in np.array_split(np.arange(len(features)), min(n_folds, len(features))):
             mean, precision = cls._moments(np.delete(features, fold, axis=0))
             held_out.append(_mahalanobis(features[fold], mean, precision))
         mean, precision = cls._moments(features)
-        return cls(mean, precision, float(np.quantile(np.concatenate(held_out), 1 - false_alarm_rate)))
+        return cls(mean, precision, float(np.quantile(np.concatenate(held_out), 1 - false_alarm_rate)), members)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance of each frame from the source frames (unitless: the larger, the less like them)."""
         features = np.atleast_2d(np.asarray(features, float))
         if features.shape[1] != len(self.mean):
-            raise ValueError(f"features have {features.shape[1]} values per frame, the detector was fitted on {len(self.mean)}: another ensemble?")
+            raise BadModelFolderError(
+                f"features have {features.shape[1]} values per frame, the detector was fitted on {len(self.mean)}: it belongs to another ensemble; "
+                "refit it (delete it and rerun elit train, or ensure_shift_detector)."
+            )
         return _mahalanobis(features, self.mean, self.precision_matrix)
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         """True for each frame whose score exceeds the limit: out of distribution."""
         return self.score(features) > self.limit
 
+    def check(self, ensemble: object, path: str | Path | None = None) -> None:
+        """Refuse (:class:`~elit_utils.errors.BadModelFolderError`) when this detector was fitted on other members than ``ensemble``'s.
+
+        A detector that records no members (fitted before detectors recorded them) passes.
+        """
+        if self.members is not None:
+            _check_members(self.members, member_fingerprint(ensemble), Path(path) if path else Path(ensemble.folder) / SHIFT_DETECTOR_FILE)
+
     def save(self, path: str | Path) -> None:
         """Write the detector as safetensors (atomically), e.g. beside the ensemble it belongs to."""
+        import json
+
         from safetensors.numpy import save_file
 
         from .cache import atomic_path
 
+        metadata = {"limit": repr(self.limit), "features": "fp32"}
+        if self.members is not None:
+            metadata["members"] = json.dumps(self.members, sort_keys=True)
         with atomic_path(path) as tmp:
-            save_file({"mean": self.mean, "precision_matrix": self.precision_matrix}, str(tmp), metadata={"limit": repr(self.limit)})
+            save_file({"mean": self.mean, "precision_matrix": self.precision_matrix}, str(tmp), metadata=metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> ShiftDetector:
-        """Read a detector written by :meth:`save` (no unpickling).
+    def load(cls, path: str | Path, ensemble: object | None = None) -> ShiftDetector:
+        """Read a detector written by :meth:`save` (no unpickling), checked against its members.
+
+        With ``ensemble``, the detector must have been fitted on exactly its members; without,
+        on the members that the ``ensemble.json`` beside it lists (when that records them). A
+        stale or unreadable detector raises a :class:`~elit_utils.errors.BadModelFolderError`
+        that says how to refit it.
 
         >>> import tempfile; from pathlib import Path
         >>> path = Path(tempfile.mkdtemp()) / SHIFT_DETECTOR_FILE
-        >>> ShiftDetector(np.zeros(2), np.eye(2), 3.0).save(path)
+        >>> ShiftDetector(np.zeros(2), np.eye(2), 3.0, {"0": "ab"}).save(path)
         >>> ShiftDetector.load(path).limit
         3.0
         """
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="numpy") as stored:
-            limit = (stored.metadata() or {}).get("limit")
-            if limit is None or set(stored.keys()) != {"mean", "precision_matrix"}:
-                raise ValueError(f"{path} is not a shift detector written by ShiftDetector.save")
-            return cls(stored.get_tensor("mean"), stored.get_tensor("precision_matrix"), float(limit))
+        path = Path(path)
+        detector = _read_detector(path)
+        if detector.members is None:
+            print(f"note: {path} does not record the members it was fitted on (an older ELIT Lab); refit it ({_refit(path)}) to be sure it fits.")
+        elif ensemble is not None:
+            detector.check(ensemble, path)
+        else:
+            recorded = _recorded_members(path.parent)
+            if recorded is not None:
+                _check_members(detector.members, recorded, path)
+        return detector
 
 
 def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -340,14 +374,99 @@ def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.einsum("ij,jk,ik->i", centred, precision, centred).clip(0, None))
 
 
-#: The shift detector's file in an ensemble's folder (written by ``elit train``, used by ``elit predict``).
+def _refit(path: Path) -> str:
+    return f"delete it and rerun elit train --out {path.parent}"
+
+
+def _read_detector(path: Path) -> ShiftDetector:
+    """The detector stored at ``path``, unchecked; a :class:`BadModelFolderError` naming the file when it is none."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as stored:
+            metadata = stored.metadata() or {}
+            if "limit" not in metadata or set(stored.keys()) != {"mean", "precision_matrix"}:
+                raise BadModelFolderError(f"{path} is not a shift detector written by ShiftDetector.save; {_refit(path)} to fit one.")
+            mean, precision = stored.get_tensor("mean"), stored.get_tensor("precision_matrix")
+        members = json.loads(metadata["members"]) if "members" in metadata else None
+        limit = float(metadata["limit"])
+    except (SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, BadModelFolderError):
+            raise
+        raise BadModelFolderError(f"{path} is not a readable shift detector ({str(error).splitlines()[0][:100]}); {_refit(path)} to refit it.") from error
+    if mean.ndim != 1 or precision.shape != (len(mean), len(mean)) or not np.isfinite(limit) or not isinstance(members, (dict, type(None))):
+        raise BadModelFolderError(f"{path} is not a consistent shift detector (shapes {mean.shape}, {precision.shape}); {_refit(path)} to refit it.")
+    return ShiftDetector(mean, precision, limit, members)
+
+
+def member_fingerprint(ensemble: object) -> dict[str, str]:
+    """The members of a loaded ensemble as a shift detector records them: seed -> sha256 of the weights file.
+
+    >>> class Loaded:
+    ...     weights_sha256 = {1: "b", 0: "a"}
+    >>> member_fingerprint(Loaded())
+    {'0': 'a', '1': 'b'}
+    """
+    return {str(seed): sha for seed, sha in sorted(ensemble.weights_sha256.items())}
+
+
+def _recorded_members(folder: Path) -> dict[str, str] | None:
+    """The members that ``folder/ensemble.json`` lists with their weights' sha256, when it lists all of them (else None)."""
+    from .ensemble import read_record
+
+    try:
+        record = read_record(folder)
+    except BadModelFolderError:
+        return None  # no readable record beside the detector: loading the ensemble will say what is wrong
+    if record["format_version"] < 2 or set(record["members"]) != {str(seed) for seed in record["seeds"]}:
+        return None
+    return {key: record["members"][key]["weights_sha256"] for key in sorted(record["members"], key=int)}
+
+
+def _check_members(fitted: dict[str, str], current: dict[str, str], path: Path) -> None:
+    if fitted == current:
+        return
+    seeds = sorted(map(int, fitted))
+    now = sorted(map(int, current))
+    changed = "other members" if seeds != now else "members whose weights have changed since"
+    raise BadModelFolderError(
+        f"{path} was fitted on {changed} (seeds {', '.join(map(str, seeds))}; the ensemble now has {', '.join(map(str, now))}): "
+        f"it is stale; {_refit(path)} to refit it."
+    )
+
+
+#: The shift detector's file in an ensemble's folder (written by ``elit train``, used by ``elit predict``;
+#: the same name as :data:`elit_utils.ensemble.SHIFT_DETECTOR_FILE`, which a resize deletes).
 SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
 
 
 def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> ShiftDetector:
-    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated frames of the training ``domain``."""
+    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated frames of the training ``domain``, recording the members it was fitted on."""
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
-    return ShiftDetector.fit(ensemble.features(data.images, sampling_A_per_px=data.conditions.sampling_A_per_px))
+    features = ensemble.features(data.images, sampling_A_per_px=data.conditions.sampling_A_per_px)
+    return ShiftDetector.fit(features, members=member_fingerprint(ensemble))
+
+
+def ensure_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> tuple[ShiftDetector, bool]:
+    """The shift detector of ``ensemble``'s folder, refitted (and saved) when it is missing,
+    unreadable or stale (fitted on other members); returns it and whether it was (re)fitted.
+
+    What ``elit train`` calls after training, so that a resized or repaired ensemble never keeps
+    a detector of its old members.
+    """
+    path = Path(ensemble.folder) / SHIFT_DETECTOR_FILE
+    if path.exists():
+        try:
+            detector = _read_detector(path)
+            if detector.members == member_fingerprint(ensemble):
+                return detector, False
+        except BadModelFolderError:
+            pass  # unreadable: fitted afresh below
+    detector = fit_shift_detector(ensemble, n_images, seed, image_size_px, domain)
+    detector.save(path)
+    return detector, True
 
 
 # --------------------------------------------------------------------------- baseline

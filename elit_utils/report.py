@@ -20,13 +20,16 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .cache import atomic_path, repository_root, write_json_atomic
 from .config import RESULTS_ENV, config_hash, get_profile, to_jsonable
+from .errors import BadValueError
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.md"
@@ -64,9 +67,36 @@ def load_metrics(results: str | Path | None = None) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); move it aside and rerun.") from error
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadValueError(f"{path} is not valid JSON ({error}); move it aside and rerun.") from error
+    if not isinstance(metrics, dict):
+        raise BadValueError(f"{path} holds a JSON {type(metrics).__name__}, not the sections of a metrics file; move it aside and rerun.")
+    return metrics
+
+
+@contextlib.contextmanager
+def metrics_lock(results: str | Path | None = None) -> Iterator[None]:
+    """Hold the lock of ``metrics.json`` (a hidden ``.metrics.json.lock`` beside it, ``fcntl.flock``).
+
+    Processes that record metrics at the same time take turns, so none loses another's
+    section. Where ``fcntl`` does not exist (Windows) the lock is a no-op.
+
+    >>> import tempfile
+    >>> with metrics_lock(tempfile.mkdtemp()):
+    ...     pass
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(results_dir(results) / f".{METRICS_FILE}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def record_metrics(
@@ -78,7 +108,8 @@ def record_metrics(
 ) -> Path:
     """Store ``values`` under ``section`` in ``metrics.json``, tagged with profile and config hash.
 
-    Other sections are kept; the file is rewritten atomically.
+    Other sections are kept; the file is rewritten atomically, under :func:`metrics_lock`,
+    so notebooks that record at the same time never lose each other's sections.
 
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
@@ -86,14 +117,16 @@ def record_metrics(
     >>> load_metrics(folder)["simulate"]["profile"]
     'quick'
     """
-    metrics = load_metrics(results)
-    metrics[section] = {
+    entry = {
         "profile": get_profile(profile).name,
         "config_hash": config_hash(config if config is not None else values),
         "values": to_jsonable(values),
     }
     path = results_dir(results) / METRICS_FILE
-    write_json_atomic(path, metrics)
+    with metrics_lock(results):
+        metrics = load_metrics(results)
+        metrics[section] = entry
+        write_json_atomic(path, metrics)
     return path
 
 

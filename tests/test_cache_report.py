@@ -1,4 +1,8 @@
 import json
+import multiprocessing
+import os
+import stat
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -6,6 +10,7 @@ import numpy as np
 import pytest
 
 from elit_utils import cache, report
+from elit_utils.errors import BadValueError
 
 
 def test_cache_builds_once_then_reads(tmp_path):
@@ -99,3 +104,63 @@ def test_metrics_without_a_value_are_valid_json(tmp_path):
 def test_summary_shortens_long_tables(tmp_path):
     report.record_metrics("big", {"table": {f"k{i}": i for i in range(40)}}, profile="smoke", results=tmp_path)
     assert "| table | 40 entries (see metrics.json) |" in report.write_summary(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_keep_the_users_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        assert cache.current_umask() == umask
+        cache.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        with cache.atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("b")
+    finally:
+        os.umask(previous)
+    for name in ("a.json", "b.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(cache.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(cache.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    with cache.atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("data")
+    assert events[:2] == ["fsync", "replace"] and (tmp_path / "a.txt").read_text() == "data"
+    assert events[2:] in (["fsync"], [])  # the folder too, where the OS allows
+
+
+def _record_many(results: str, worker: int, n: int) -> None:
+    for index in range(n):
+        report.record_metrics(f"w{worker}_k{index}", {"value": index}, profile="smoke", results=results)
+
+
+def test_concurrent_record_metrics_loses_no_section(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_record_many, args=(str(tmp_path), worker, 12)) for worker in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    assert set(report.load_metrics(tmp_path)) == {f"w{w}_k{i}" for w in range(4) for i in range(12)}
+
+
+def test_a_metrics_file_that_is_not_an_object_is_reported(tmp_path):
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(BadValueError, match="metrics.json holds a JSON list"):
+        report.load_metrics(tmp_path)
+
+
+def test_every_replaced_metrics_file_is_kept_with_its_time(tmp_path):
+    from elit_utils.reproduce import keep_previous_metrics
+
+    kept = []
+    for run in range(3):
+        (tmp_path / "metrics.json").write_text(json.dumps({"run": run}))
+        os.utime(tmp_path / "metrics.json", (1e9, 1e9))  # all three in the same second
+        kept.append(keep_previous_metrics(tmp_path))
+    assert len(set(kept)) == 3 and [json.loads(p.read_text())["run"] for p in kept] == [0, 1, 2]
+    assert kept[0].name == f"metrics.{time.strftime('%Y%m%d-%H%M%S', time.localtime(1e9))}.json"
+    assert keep_previous_metrics(tmp_path) is None

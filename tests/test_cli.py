@@ -1,4 +1,7 @@
+import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -38,11 +41,16 @@ def test_simulate_writes_images_masks_and_atoms_and_refuses_to_overwrite(tmp_pat
     assert (out / "atoms.csv").read_text() == before
 
 
-def test_bad_arguments_are_rejected(tmp_path, capsys):
+def test_bad_arguments_are_rejected_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["simulate", "--domain", "moon", "--out", str(tmp_path)])
-    assert main(["simulate", "-n", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "positive number" in capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "-n", "0", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument -n: 0 is out of range: use 1 to") and err.count("\n") == 1 and "elit simulate --help" in err
+    assert not (tmp_path / "x").exists()
 
 
 def _tiny_notebook(path, body):
@@ -54,7 +62,7 @@ def _tiny_notebook(path, body):
     nbformat.write(nb, path)
 
 
-def test_reproduce_runs_notebooks_and_writes_report(tmp_path):
+def test_reproduce_runs_notebooks_quietly_and_keeps_every_earlier_metrics_file(tmp_path, capfd):
     notebooks = tmp_path / "nbs"
     notebooks.mkdir()
     body = "\n".join(
@@ -69,50 +77,153 @@ def test_reproduce_runs_notebooks_and_writes_report(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
     (out / "metrics.json").write_text('{"old": {"values": {}}}')
+    capfd.readouterr()
     assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--notebooks", str(notebooks)]) == 0
+    captured = capfd.readouterr()  # capfd: the kernel is a child process writing to the inherited stderr
+    assert "without encryption" not in captured.out + captured.err
+    progress = [line for line in captured.out.splitlines() if line.startswith("[smoke] ")]
+    assert len(progress) == 1 and re.fullmatch(r"\[smoke\] 01_demo\.ipynb  \d+\.\d s", progress[0])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo"] == {"profile": "smoke", "config_hash": metrics["demo"]["config_hash"], "values": {"members": 2}}
     assert "01_demo" in metrics["reproduce"]["values"]["notebook_seconds"]
-    assert json.loads((out / "metrics.previous.json").read_text()) == {"old": {"values": {}}}
+    kept = sorted(out.glob("metrics.2*.json"))
+    assert len(kept) == 1 and re.fullmatch(r"metrics\.\d{8}-\d{6}\.json", kept[0].name)
+    assert json.loads(kept[0].read_text()) == {"old": {"values": {}}}
     assert (out / "figures" / "demo.png").exists() and (out / "notebooks" / "01_demo.ipynb").exists()
     assert "| members | 2 |" in (out / "summary.md").read_text()
+    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--notebooks", str(notebooks)]) == 0
+    assert len(list(out.glob("metrics.2*.json"))) == 2  # the second run keeps the first run's numbers too
 
 
-def test_reproduce_fails_loudly_when_a_notebook_fails(tmp_path):
+def test_reproduce_fails_in_one_line_naming_the_notebook(tmp_path, capsys):
     notebooks = tmp_path / "nbs"
     notebooks.mkdir()
     _tiny_notebook(notebooks / "01_broken.ipynb", "raise RuntimeError('boom')")
+    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path / "r"), "--notebooks", str(notebooks)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 01_broken.ipynb failed (RuntimeError: boom)") and err.count("\n") == 1
     with pytest.raises(Exception, match="boom"):
-        main(["reproduce", "--profile", "smoke", "--out", str(tmp_path / "r"), "--notebooks", str(notebooks)])
+        main(["--debug", "reproduce", "--profile", "smoke", "--out", str(tmp_path / "r"), "--notebooks", str(notebooks)])
 
 
-def test_train_then_predict_writes_atoms_with_uncertainty(tmp_path, capsys):
-    model = tmp_path / "model"
-    assert main(["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(model)]) == 0
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """One model folder trained by ``elit train`` (2 members, 2 iterations, smoke profile) for this module."""
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELIT_CACHE", str(folder.parent / "cache"))
+        patch.setenv("ELIT_PROFILE", "smoke")
+        assert main(["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(folder)]) == 0
+    return folder
+
+
+def test_train_then_predict_writes_atoms_with_uncertainty(model, tmp_path, capsys):
     assert sorted(p.name for p in model.glob("member_*.safetensors")) == ["member_0000.safetensors", "member_0001.safetensors"]
     image = tmp_path / "frame.npy"
-    np.save(image, np.random.default_rng(0).random((40, 48)))
+    np.save(image, np.random.default_rng(0).random((120, 128)))
     assert main(["predict", str(image), "--model", str(model), "--out", str(tmp_path / "out")]) == 2
     assert "no pixel size" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing is created before the inputs are checked
     assert (model / "shift_detector.safetensors").exists()  # elit train fits one on fresh frames
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 0
     assert "feature distance" in capsys.readouterr().out
     frames = (tmp_path / "out" / "frames.csv").read_text().splitlines()
     assert frames[0] == "image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution" and frames[1].startswith("frame.npy,")
     assert frames[1].split(",")[-1] == "True"  # uniform noise is nothing like a graphene frame
-    header = (tmp_path / "out" / "frame.csv").read_text().splitlines()[0]
+    header = (tmp_path / "out" / "frame.npy.csv").read_text().splitlines()[0]
     assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
-    assert (tmp_path / "out" / "frame.png").stat().st_size > 0
+    assert (tmp_path / "out" / "frame.npy.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame.npy.csv", "frame.npy.png", "frames.csv"]  # no staging left
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "already exist" in capsys.readouterr().err
 
 
-def test_adapt_writes_rounds_history_and_atoms_and_refuses_bad_frames(tmp_path, capsys):
-    model = tmp_path / "model"
-    assert main(["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(model)]) == 0
+def _digests(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_into_the_inputs_folder_never_touches_the_inputs(model, tmp_path, capsys):
+    """a.npy and a.tif, and an input called frames.npy, in the folder that receives the results, with --overwrite."""
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "a.npy", rng.random((112, 112)))
+    tifffile.imwrite(tmp_path / "a.tif", rng.random((112, 112)).astype(np.float32))
+    np.save(tmp_path / "frames.npy", rng.random((112, 112)))
+    inputs = _digests(tmp_path)
+    names = [str(tmp_path / n) for n in ("a.npy", "a.tif", "frames.npy")]
+    assert main(["predict", *names, "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert {p: d for p, d in _digests(tmp_path).items() if p in inputs} == inputs
+    made = {p.name for p in tmp_path.iterdir()} - {p.name for p in inputs}
+    assert made == {"a.npy.csv", "a.npy.png", "a.tif.csv", "a.tif.png", "frames.npy.csv", "frames.npy.png", "frames.csv"}
+    assert len((tmp_path / "frames.csv").read_text().splitlines()) == 4
+    capsys.readouterr()
+
+
+def test_a_failed_predict_leaves_nothing_behind(model, tmp_path, capsys):
+    np.save(tmp_path / "good.npy", np.random.default_rng(0).random((112, 112)))
+    np.save(tmp_path / "bad.npy", np.full((112, 112), np.nan))
+    out = tmp_path / "new" / "out"
+    assert main(["predict", str(tmp_path / "good.npy"), str(tmp_path / "bad.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(out)]) == 2
+    assert "bad.npy" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_ctrl_c_keeps_what_is_finished_and_says_how_to_resume(model, tmp_path, capsys, monkeypatch):
+    from elit_utils import ensemble
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ensemble, "train_ensemble", interrupted)
+    assert main(["train", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(tmp_path / "m")]) == 130
+    err = capsys.readouterr().err
+    assert err == f"stopped: finished members are kept in {tmp_path / 'm'}/; rerun the same command to resume.\n"
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((112, 112)))
+    monkeypatch.setattr(ensemble.Ensemble, "predict", interrupted)
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 130
+    assert capsys.readouterr().err.startswith("stopped: nothing was written to") and not (tmp_path / "o").exists()
+
+
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from elit_utils import simulate
+
+    def broken(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(simulate, "dataset", broken)
+    assert main(["simulate", "-n", "1", "--size", "32", "--out", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected KeyError: 'oops'") and "--debug" in err and err.count("\n") == 1
+    with pytest.raises(KeyError):
+        main(["--debug", "simulate", "-n", "1", "--size", "32", "--out", str(tmp_path / "s")])
+
+
+def test_pixel_size_given_wins_over_the_files_with_a_warning(model, tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "w") as handle:
+        handle["haadf"] = np.random.default_rng(0).random((112, 112))
+        handle["haadf"].attrs["sampling_A_per_px"] = "0.0115 nm"
+    assert main(["predict", str(tmp_path / "a.h5"), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "--sampling 0.1 A/px differs from the file's 0.115 A/px; using --sampling 0.1 as given" in err
+
+
+def test_a_pixel_size_in_the_wrong_unit_is_refused_before_any_work(model, tmp_path, capsys):
+    np.save(tmp_path / "frame.npy", np.random.default_rng(0).random((256, 256)))
+    argv = ["predict", str(tmp_path / "frame.npy"), "--model", str(model), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--sampling", "5.0"]) == 2
+    err = capsys.readouterr().err
+    assert "5 A/px is 50 times the model's 0.1 A/px" in err and "wrong unit" in err and "--allow-resample" in err
+    assert main([*argv, "--sampling", "5.0", "--allow-resample"]) == 2
+    assert "over the limit of 4096x4096 px" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_adapt_writes_rounds_history_and_atoms_and_refuses_bad_frames(model, tmp_path, capsys):
     rng = np.random.default_rng(0)
     frames = [tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "broken.npy"]
-    for frame, image in zip(frames, [rng.random((48, 48)), rng.random((40, 64)), np.full((48, 48), np.nan)]):
+    for frame, image in zip(frames, [rng.random((104, 104)), rng.random((104, 128)), np.full((104, 104), np.nan)]):
         np.save(frame, image)
     out = tmp_path / "adapted"
 
@@ -123,11 +234,83 @@ def test_adapt_writes_rounds_history_and_atoms_and_refuses_bad_frames(tmp_path, 
     assert "no pixel size" in capsys.readouterr().err
     assert adapt("--sampling", "0.1", *frames) == 2
     assert "broken.npy" in (err := capsys.readouterr().err) and "NaN" in err
+    assert not out.exists()
     assert adapt("--sampling", "0.1", *frames[:2]) == 0
     assert (out / "round_1" / "member_0000.safetensors").exists()
     assert (out / "history.csv").read_text().startswith("round,")
-    assert (out / "atoms" / "a.csv").read_text().startswith("row_px,col_px")
-    before = (out / "atoms" / "b.csv").read_text()
+    assert (out / "atoms" / "a.npy.csv").read_text().startswith("row_px,col_px")
+    assert not list(out.glob(".staging*"))
+    before = (out / "atoms" / "b.npy.csv").read_text()
     assert adapt("--sampling", "0.1", *frames[:2]) == 2
     assert "already exist" in capsys.readouterr().err
-    assert (out / "atoms" / "b.csv").read_text() == before
+    assert (out / "atoms" / "b.npy.csv").read_text() == before
+
+
+def test_the_graphene_lattice_checks_the_pixel_size_and_measures_it_on_request(model, tmp_path, capsys):
+    from elit_utils.simulate import dataset
+
+    np.save(tmp_path / "graphene.npy", dataset("source", n=1, seed=0, image_size_px=128, cache=False).images[0])  # 0.1 A/px
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).random((128, 128)))
+
+    def predict(*options):
+        return main(["predict", str(tmp_path / "graphene.npy"), "--model", str(model), "--out", str(tmp_path / "o"), "--overwrite", *options])
+
+    assert predict("--sampling", "0.13") == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: .*graphene\.npy: the pixel size given \(0\.13 A/px\) differs by \d+% from the 0\.\d+ A/px", err), err
+    assert predict("--sampling", "0.1") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert predict("--sampling", "auto") == 0
+    measured = re.search(r"note: .*graphene\.npy: --sampling auto: ([\d.]+) A/px from the graphene lattice", capsys.readouterr().err)
+    assert measured and abs(float(measured.group(1)) / 0.1 - 1) < 0.05
+    assert main(["predict", str(tmp_path / "noise.npy"), "--model", str(model), "--out", str(tmp_path / "n"), "--sampling", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'noise.npy'}: --sampling auto found no graphene lattice") and err.count("\n") == 1
+    assert not (tmp_path / "n").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from elit_utils import cli
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refused)  # what a read-only folder does (root may write anywhere)
+    (tmp_path / "ro").mkdir()
+    assert main(["simulate", "-n", "1", "--size", "32", "--out", str(tmp_path / "ro")]) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path / 'ro'} is not writable (Permission denied); choose another folder.\n"
+    assert main(["simulate", "-n", "1", "--size", "32", "--out", str(tmp_path / "ro" / "new")]) == 2
+    assert f"--out {tmp_path / 'ro' / 'new'} cannot be created in {tmp_path / 'ro'} (Permission denied)" in capsys.readouterr().err
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_an_input_name_that_is_not_utf8_is_predicted(model, tmp_path, capsys):
+    name = os.fsdecode(b"caf\xe9.npy")
+    np.save(tmp_path / name, np.random.default_rng(0).random((112, 112)))
+    assert main(["predict", str(tmp_path / name), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 0
+    assert "caf\ufffd.npy: " in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["caf\ufffd.npy.csv", "caf\ufffd.npy.png", "frames.csv"]
+    assert (tmp_path / "o" / "frames.csv").read_text(encoding="utf-8").splitlines()[1].startswith("caf\ufffd.npy,")
+
+
+def test_a_predict_failing_half_way_leaves_no_half_results(model, tmp_path, capsys, monkeypatch):
+    from elit_utils import ensemble
+
+    real, calls = ensemble.Ensemble.predict, []
+
+    def fails_on_the_second_frame(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the GPU fell over")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble.Ensemble, "predict", fails_on_the_second_frame)
+    for name in ("a.npy", "b.npy"):
+        np.save(tmp_path / name, np.random.default_rng(0).random((112, 112)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    images = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    assert main(["predict", *images, "--model", str(model), "--sampling", "0.1", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.startswith("error: unexpected RuntimeError: the GPU fell over")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]  # neither a.npy's results nor a staging folder

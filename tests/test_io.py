@@ -4,17 +4,18 @@ import pytest
 import tifffile
 from PIL import Image
 
-from elit_utils.io import ImageLoadError, check_sampling, load_image, normalize_image
+from elit_utils.errors import BadImageError, BadValueError
+from elit_utils.io import ImageLoadError, check_sampling, load_image, normalize_image, parse_sampling
 
 from .conftest import EXPERIMENTAL, needs_experimental
 
-FRAME = np.random.default_rng(0).random((24, 32)).astype(np.float64) * 100
+FRAME = np.random.default_rng(0).random((128, 160)).astype(np.float64) * 100
 
 
 def test_npy_round_trip_gives_float32_and_the_given_pixel_size(tmp_path):
     np.save(tmp_path / "a.npy", FRAME)
     loaded = load_image(tmp_path / "a.npy", sampling_A_per_px=0.08)
-    assert loaded.image.dtype == np.float32 and loaded.image.shape == (24, 32)
+    assert loaded.image.dtype == np.float32 and loaded.image.shape == (128, 160)
     np.testing.assert_allclose(loaded.image, FRAME, rtol=1e-6)
     assert loaded.sampling_A_per_px == 0.08 and loaded.metadata["sampling_source"] == "argument"
 
@@ -24,7 +25,7 @@ def test_png_greyscale_and_rgb(tmp_path):
     Image.fromarray(grey).save(tmp_path / "g.png")
     Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "rgb.png")
     np.testing.assert_array_equal(load_image(tmp_path / "g.png").image, grey)
-    assert load_image(tmp_path / "rgb.png").image.shape == (24, 32)
+    assert load_image(tmp_path / "rgb.png").image.shape == (128, 160)
 
 
 def test_tiff_with_imagej_pixel_size_in_nm(tmp_path):
@@ -64,7 +65,7 @@ def test_stack_needs_a_frame_index(tmp_path):
         (np.where(FRAME > 50, np.nan, FRAME), "NaN/inf"),
         (np.full((8, 8), 3.0), "constant"),
         (np.zeros((2, 3, 4, 5)), "not a 2D image"),
-        (FRAME.astype(complex), "not real numbers"),
+        (FRAME.astype(complex), "complex numbers"),
     ],
 )
 def test_bad_arrays_get_specific_errors(tmp_path, array, message):
@@ -82,26 +83,94 @@ def test_missing_unknown_and_corrupt_files(tmp_path):
         load_image(tmp_path / "a.jpg2")
     for name in ("c.npy", "c.tif", "c.png", "c.h5", "c.dm4"):
         (tmp_path / name).write_bytes(b"\x00garbage" * 10)
-        with pytest.raises(ImageLoadError, match="could not be read|corrupt"):
+        with pytest.raises(ImageLoadError, match="could not be read|corrupt|not a NumPy .npy file"):
             load_image(tmp_path / name)
 
 
-def test_pickled_npy_is_refused(tmp_path):
+def test_npy_of_objects_or_of_text_is_refused_clearly(tmp_path):
     np.save(tmp_path / "p.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ImageLoadError, match="could not be read"):
+    with pytest.raises(ImageLoadError, match="Python objects"):
         load_image(tmp_path / "p.npy")
+    (tmp_path / "t.npy").write_text("1 2 3\n4 5 6\n")
+    with pytest.raises(BadImageError, match=r"t\.npy: is not a NumPy \.npy file \(it holds text\)") as error:
+        load_image(tmp_path / "t.npy")
+    assert "pickle" not in str(error.value).split(": ", 1)[1]
 
 
 def test_pixel_size_required_and_unit_checks(tmp_path):
     np.save(tmp_path / "a.npy", FRAME)
     with pytest.raises(ImageLoadError, match="no pixel size.*sampling_A_per_px"):
         load_image(tmp_path / "a.npy", require_sampling=True)
-    with pytest.raises(ImageLoadError, match="nm/px"):
+    with pytest.raises(BadValueError, match="nm/px"):
         load_image(tmp_path / "a.npy", sampling_A_per_px=0.0008)
-    with pytest.raises(ImageLoadError, match="pm/px"):
+    with pytest.raises(BadValueError, match="pm/px"):
         check_sampling(8.0)
-    with pytest.raises(ImageLoadError, match="positive"):
+    with pytest.raises(BadValueError, match="positive"):
         check_sampling(-0.1)
+    with pytest.raises(BadValueError, match="not a number"):
+        check_sampling("0.1 A")
+
+
+def test_image_load_error_is_the_bad_image_error_of_the_family():
+    assert ImageLoadError is BadImageError and issubclass(ImageLoadError, ValueError)
+
+
+@pytest.mark.parametrize(("stored", "expected_A"), [(0.079, 0.079), ("0.079 A", 0.079), ("0.0079 nm", 0.079), (b"7.9 pm/px", 0.079), ("0.079", 0.079)])
+def test_hdf5_pixel_size_stored_as_text_with_a_unit(tmp_path, stored, expected_A):
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as handle:
+        handle["haadf"] = FRAME
+        handle["haadf"].attrs["sampling_A_per_px"] = stored
+    assert load_image(path).sampling_A_per_px == pytest.approx(expected_A)
+
+
+def test_hdf5_pixel_size_that_is_no_length_names_the_attribute(tmp_path):
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as handle:
+        handle["haadf"] = FRAME
+        handle["haadf"].attrs["sampling_A_per_px"] = "0.079 furlongs"
+    with pytest.raises(BadImageError, match=r"a\.h5: attribute sampling_A_per_px of dataset 'haadf' = '0\.079 furlongs' is not a pixel size") as error:
+        load_image(path)
+    assert "corrupt" not in str(error.value)
+    assert parse_sampling("0.5 angstrom") == 0.5
+
+
+def test_the_callers_pixel_size_can_override_the_files(tmp_path):
+    path = tmp_path / "a.h5"
+    with h5py.File(path, "w") as handle:
+        handle["haadf"] = FRAME
+        handle["haadf"].attrs["sampling_A_per_px"] = 0.08
+    assert load_image(path, sampling_A_per_px=0.1).sampling_A_per_px == pytest.approx(0.08)
+    loaded = load_image(path, sampling_A_per_px=0.1, override_file_sampling=True)
+    assert loaded.sampling_A_per_px == 0.1 and loaded.metadata["file_sampling_A_per_px"] == pytest.approx(0.08)
+    assert loaded.metadata["sampling_source"] == "argument"
+
+
+@pytest.mark.parametrize(
+    ("array", "sampling", "message"),
+    [
+        (np.zeros((0, 0)), None, r"empty \(shape \(0, 0\)\)"),
+        (np.zeros((3, 0, 5)), None, "empty"),
+        (FRAME > 50, None, "True/False"),
+        (np.random.default_rng(1).random((8, 8)), None, "only 8x8 px"),
+        (np.random.default_rng(1).random((2, 2)), None, "only 2x2 px"),
+        (np.random.default_rng(1).random((1, 256)), None, "only 1x256 px"),
+        (np.random.default_rng(1).random((64, 64)), 0.1, "covers only 6.4 x 6.4 A"),
+        (np.random.default_rng(1).random((64, 64, 3)), None, "colour image"),
+        (np.array([["a", "b"], ["c", "d"]]), None, "not real numbers"),
+    ],
+)
+def test_unusable_frames_are_refused_with_the_reason(tmp_path, array, sampling, message):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(BadImageError, match=message) as error:
+        load_image(tmp_path / "bad.npy", sampling_A_per_px=sampling)
+    assert str(error.value).startswith(str(tmp_path / "bad.npy")) and "\n" not in str(error.value)
+
+
+def test_rgba_png_of_a_grey_image_is_read_as_grey(tmp_path):
+    grey = (FRAME / FRAME.max() * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "rgba.png").image, grey)
 
 
 def test_normalize_is_robust_and_per_frame():

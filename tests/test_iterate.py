@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_unknown_pixel_size_is_refused(setup_data, tmp_path):
     model, _, target = setup_data
     with pytest.raises(ValueError, match="pixel size is unknown"):
         iterate.adapt(model, target.images, None, tmp_path, FAST, progress=False)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="NaN"):
         iterate.adapt(model, np.full((1, 32, 32), np.nan), 0.1, tmp_path, FAST, progress=False)
 
 
@@ -91,12 +92,79 @@ def test_subset_keeps_the_first_members(setup_data):
 
 
 def test_frames_of_different_sizes_need_one_pixel_size_each():
-    frames, samplings = iterate._checked_frames([np.zeros((32, 32)), np.zeros((40, 24))], [0.1, 0.08])
+    rng = np.random.default_rng(0)
+    frames, samplings = iterate._checked_frames([rng.random((32, 32)), rng.random((40, 24))], [0.1, 0.08])
     assert [f.shape for f in frames] == [(32, 32), (40, 24)] and samplings == [0.1, 0.08]
-    assert iterate._checked_frames(np.zeros((3, 16, 16)), 0.1)[1] == [0.1] * 3
+    assert iterate._checked_frames(rng.random((3, 16, 16)), 0.1)[1] == [0.1] * 3
     with pytest.raises(ValueError, match="2 frames but 1 pixel sizes"):
-        iterate._checked_frames([np.zeros((8, 8))] * 2, [0.1])
+        iterate._checked_frames([rng.random((8, 8))] * 2, [0.1])
     with pytest.raises(ValueError, match="pixel size is unknown"):
-        iterate._checked_frames([np.zeros((8, 8))] * 2, [0.1, None])
+        iterate._checked_frames([rng.random((8, 8))] * 2, [0.1, None])
     with pytest.raises(ValueError, match="frame 1 must be a finite 2D image"):
-        iterate._checked_frames([np.zeros((8, 8)), np.zeros((2, 8, 8))], 0.1)
+        iterate._checked_frames([rng.random((8, 8)), rng.random((2, 8, 8))], 0.1)
+    with pytest.raises(ValueError, match="no frames"):
+        iterate._checked_frames([], 0.1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rounds", 0, "rounds=0 must be a whole number >= 1"),
+        ("iterations_per_round", 0, "iterations_per_round=0 must be a whole number >= 1"),
+        ("batch_size", 2.5, "batch_size=2.5 must be a whole number"),
+        ("source_fraction", 1, "source_fraction=1 must be a share from 0 up to"),
+        ("source_fraction", -0.1, "source_fraction"),
+        ("threshold", 1.0, "threshold=1.0 must be a probability strictly between 0 and 1"),
+        ("confident_mi_nats", 0.8, "ln 2"),
+        ("learning_rate", 0.0, "learning_rate=0.0"),
+        ("mask_radius_A", float("nan"), "mask_radius_A=nan"),
+        ("stop_change", -1, "stop_change"),
+        ("background_probability", 0.6, "background_probability=0.6 must be below threshold=0.5"),
+        ("min_prominence", 1.0, "min_prominence"),
+        ("mask_uncertain", "yes", "mask_uncertain='yes' must be True or False"),
+    ],
+)
+def test_adapt_config_checks_every_field(field, value, message):
+    from elit_utils.errors import BadValueError
+
+    with pytest.raises(BadValueError, match=message) as caught:
+        iterate.AdaptConfig(**{field: value})
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_starts_are_refused_before_any_folder_is_claimed(setup_data, tmp_path):
+    from elit_utils.errors import BadImageError, BadValueError
+
+    model, source, target = setup_data
+    out = tmp_path / "adapt"
+    with pytest.raises(BadImageError, match=r"frame 0 is 8x8 px at the ensemble's pixel size .* at least 32 px"):
+        iterate.adapt(model, np.random.default_rng(0).random((1, 8, 8)), 0.1, out, FAST, progress=False)
+    with pytest.raises(BadImageError, match="frame 0 is 20x20 px"):  # 40 px at 0.05 A/px is 20 px at the model's 0.1 A/px
+        iterate.adapt(model, target.images[:1], 0.05, out, FAST, progress=False)
+    with pytest.raises(BadImageError, match="constant"):
+        iterate.adapt(model, np.zeros((1, 40, 40)), 0.1, out, FAST, progress=False)
+    with pytest.raises(BadImageError, match="RGB"):
+        iterate.adapt(model, [np.random.default_rng(0).random((40, 40, 3))], 0.1, out, FAST, progress=False)
+    with pytest.raises(BadValueError, match="tile_px=100 must be a multiple of 8"):
+        dataclasses.replace(FAST, tile_px=100)
+    with pytest.raises(BadImageError, match="source must be"):
+        iterate.adapt(model, target.images, 0.1, out, FAST, source=(source.images, source.atom_mask[:2]), progress=False)
+    assert not out.exists()
+
+
+def test_a_failed_round_does_not_block_a_corrected_rerun(setup_data, tmp_path, monkeypatch):
+    model, _, target = setup_data
+    real = iterate._train_pack
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(iterate, "_train_pack", crash)
+    with pytest.raises(RuntimeError):
+        iterate.adapt(model, target.images, 0.1, tmp_path, FAST, progress=False)
+    assert (tmp_path / "round_1" / "ensemble.json").exists()  # claimed, but no member finished
+    monkeypatch.setattr(iterate, "_train_pack", real)
+    other = iterate.AdaptConfig(rounds=1, iterations_per_round=3, batch_size=2, stop_change=0.0)  # corrected settings
+    result = iterate.adapt(model, target.images, 0.1, tmp_path, other, progress=False)
+    assert result.ensemble.record["training"]["adapt"]["iterations_per_round"] == 3
+    assert Ensemble.load(tmp_path / "round_1").n_members == 2

@@ -196,3 +196,38 @@ def test_threshold_for_precision_keeps_the_largest_safe_set():
     limit = ood.threshold_for_precision(uncertainty, correct, 1.0)
     assert limit == uncertainty[correct].max()
     assert ood.threshold_for_precision(np.array([0.1, 0.5]), np.array([0, 1]), 0.9) == -np.inf
+
+
+def test_a_damaged_detector_file_is_refused_naming_it(tmp_path, monkeypatch):
+    import pickle
+
+    from elit_utils import ensemble
+    from elit_utils.errors import BadModelFolderError
+
+    assert ood.SHIFT_DETECTOR_FILE == ensemble.SHIFT_DETECTOR_FILE  # the file a resize deletes is the one predict reads
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickling was attempted"))
+    path = tmp_path / ood.SHIFT_DETECTOR_FILE
+    good = ood.ShiftDetector(np.zeros(3), np.eye(3), 2.0, {"0": "a" * 64})
+    good.save(path)
+    whole = path.read_bytes()
+    for damaged in (b"", whole[: len(whole) // 2], pickle.dumps({"mean": np.zeros(3)}), np.random.default_rng(0).bytes(500)):
+        path.write_bytes(damaged)
+        with pytest.raises(BadModelFolderError, match=r"shift_detector.safetensors is not a readable shift detector .*refit") as caught:
+            ood.ShiftDetector.load(path)
+        assert "\n" not in str(caught.value)
+
+
+def test_a_detector_records_the_members_it_was_fitted_on(tmp_path, capsys):
+    model = tiny_ensemble(tmp_path / "model", 2)
+    detector = ood.fit_shift_detector(model, 5, 1, 32)
+    assert detector.members == ood.member_fingerprint(model) == {str(s): model.weights_sha256[s] for s in (0, 1)}
+    path = tmp_path / "model" / ood.SHIFT_DETECTOR_FILE
+    detector.save(path)
+    assert ood.ShiftDetector.load(path).members == detector.members  # checked against the ensemble.json beside it
+    ood.ShiftDetector.load(path, ensemble=model)
+    with pytest.raises(ValueError, match="fitted on other members"):
+        ood.ShiftDetector.load(path, ensemble=model.subset(1))
+    old = ood.ShiftDetector(detector.mean, detector.precision_matrix, detector.limit)  # written before detectors recorded members
+    old.save(path)
+    assert ood.ShiftDetector.load(path).members is None
+    assert "does not record the members it was fitted on" in capsys.readouterr().out
