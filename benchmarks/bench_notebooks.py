@@ -27,6 +27,7 @@ import sys, nbformat
 from nbclient import NotebookClient
 nb = nbformat.read(sys.argv[1], as_version=4)
 NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": "."}}).execute()
+nbformat.write(nb, sys.argv[1])
 """
 
 
@@ -41,7 +42,7 @@ def machine() -> str:
 
 
 def run_once(notebook: Path, folder: Path, cache: Path, profile: str) -> float:
-    """Execute ``notebook`` in ``folder`` with ``cache``; return the wall time in seconds."""
+    """Execute ``notebook`` in ``folder`` with ``cache`` (the executed copy stays there); return the wall time in seconds."""
     copy = folder / notebook.name
     copy.write_bytes(notebook.read_bytes())
     env = {**os.environ, "ELIT_PROFILE": profile, "ELIT_CACHE": str(cache), "ELIT_RESULTS": str(folder / "results"), "MPLBACKEND": "Agg"}
@@ -56,6 +57,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run (default: all)")
     parser.add_argument("--budget-s", type=float, default=300.0, help="the budget per notebook, cold (default: 300 s)")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm run")
+    parser.add_argument("--keep", default=None, help="copy each cold-run executed notebook (outputs, per-cell timing) into this folder")
     args = parser.parse_args()
     notebooks = [p for p in sorted((REPO / "notebooks").glob("[0-9]*.ipynb")) if not args.only or p.name.startswith(tuple(args.only))]
     print(f"profile {args.profile}; machine: {machine()}")
@@ -65,6 +67,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="elit-bench-") as work:
             folder, cache = Path(work), Path(work) / "cache"
             cold = run_once(notebook, folder, cache, args.profile)
+            if args.keep:
+                Path(args.keep).mkdir(parents=True, exist_ok=True)
+                (Path(args.keep) / notebook.name).write_bytes((folder / notebook.name).read_bytes())
             warm = float("nan") if args.no_warm else run_once(notebook, folder, cache, args.profile)
         within = cold <= args.budget_s
         failures += not within
