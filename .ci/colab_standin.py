@@ -34,9 +34,10 @@ COLAB_PROVIDED = ["ipykernel", "nbclient", "nbformat", "ipywidgets>=7.7,<7.8", "
 RUN_NOTEBOOK = """
 import sys, nbformat
 from nbclient import NotebookClient
+from elit_utils.reproduce import kernel_config  # the kernel on an encrypted or local transport: no TCP warning
 path = sys.argv[1]
 nb = nbformat.read(path, as_version=4)
-NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": "."}}).execute()
+NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": "."}}, config=kernel_config()).execute()
 nbformat.write(nb, path.replace(".ipynb", ".executed.ipynb"))
 """
 

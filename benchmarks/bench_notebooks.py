@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_NOTEBOOK = """
 import sys, nbformat
 from nbclient import NotebookClient
+from elit_utils.reproduce import kernel_config  # the kernel on an encrypted or local transport: no TCP warning
 nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": "."}}).execute()
+NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": "."}}, config=kernel_config()).execute()
 nbformat.write(nb, sys.argv[1])
 """
 
