@@ -504,7 +504,7 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .config import get_profile
-    from .ensemble import profile_training, train_ensemble
+    from .ensemble import check_planned_members, profile_training, train_ensemble
     from .ood import SHIFT_DETECTOR_FILE, ensure_shift_detector
     from .simulate import dataset
 
@@ -514,10 +514,11 @@ def _train(args: argparse.Namespace) -> int:
     architecture, config = profile_training(profile)
     if args.iterations is not None:
         config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
+    members = args.members or profile.n_members
+    check_planned_members(out, members, first_seed=args.seed * 1000, resize=args.resize)  # before any data is made
     created = _missing_folders(out)
     try:
         data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
-        members = args.members or profile.n_members
         _say(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {_shown(out)}/")
         ensemble = train_ensemble(
             data.images, data.atom_mask, out, members, data.conditions.sampling_A_per_px, architecture, config, first_seed=args.seed * 1000, resize=args.resize

@@ -512,6 +512,23 @@ def _remove_stale_temporaries(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def check_planned_members(folder: str | Path, n_members: int, first_seed: int = 0, resize: bool = False) -> None:
+    """Refuse at once, before any training data is made, a training whose members differ from the
+    finished ensemble already in ``folder`` (the same check :func:`train_ensemble` makes).
+
+    >>> import tempfile
+    >>> check_planned_members(tempfile.mkdtemp(), 3)  # an empty folder: nothing to compare with
+    """
+    folder = Path(folder)
+    if resize or not (folder / RECORD_FILE).exists():
+        return
+    existing = read_record(folder)
+    found, _ = _scan_member_files(folder)
+    seeds = [first_seed + i for i in range(n_members)]
+    if found and existing.get("format_version", 0) >= 2 and existing["seeds"] != seeds:
+        raise _size_error(folder, existing["seeds"], seeds)
+
+
 def _size_error(folder: Path, existing: list[int], seeds: list[int]) -> BadModelFolderError:
     if len(existing) != len(seeds):
         return BadModelFolderError(

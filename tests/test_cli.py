@@ -314,3 +314,22 @@ def test_a_predict_failing_half_way_leaves_no_half_results(model, tmp_path, caps
     assert main(["predict", *images, "--model", str(model), "--sampling", "0.1", "--out", str(out)]) == 1
     assert capsys.readouterr().err.startswith("error: unexpected RuntimeError: the GPU fell over")
     assert [p.name for p in out.iterdir()] == ["mine.txt"]  # neither a.npy's results nor a staging folder
+
+
+def test_train_into_a_folder_of_another_size_is_refused_before_any_data_is_made(tmp_path, capsys, monkeypatch):
+    from elit_utils import simulate
+
+    folder = tmp_path / "model"
+    small = ["train", "--profile", "smoke", "--iterations", "2", "--images", "4", "--out", str(folder)]
+    assert main([*small, "--members", "2"]) == 0
+    capsys.readouterr()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("training data was simulated before the folder was checked")
+
+    monkeypatch.setattr(simulate, "dataset", no_data)
+    assert main([*small, "--members", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds an ensemble of 2 members" in err and "--resize" in err
+    assert main([*small, "--members", "2", "--seed", "1"]) == 2
+    assert "another --seed?" in capsys.readouterr().err
