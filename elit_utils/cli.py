@@ -296,12 +296,32 @@ def _check_targets(targets: list[Path], inputs: list[Path], overwrite: bool) -> 
         raise OutputConflictError(f"{', '.join(existing[:3])}{more} already {verb}; choose another --out or pass --overwrite.")
 
 
-def _move_into(staging: Path, folder: Path) -> list[str]:
-    """Move every file of ``staging`` into ``folder`` (each rename atomic); return their names."""
+def _move_into(staging: Path, folder: Path, overwrite: bool) -> list[str]:
+    """Move every file of ``staging`` into ``folder``; return their names.
+
+    With ``overwrite`` each file replaces its target (an atomic rename). Without it, each is
+    hard-linked into place, which fails rather than replace a file that appeared meanwhile (another
+    run writing into the same folder at the same time): then the files this call placed are taken
+    back and nothing of the other run's is lost.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(p.name for p in staging.iterdir())
-    for name in names:
-        os.replace(staging / name, folder / name)
+    if overwrite:
+        for name in names:
+            os.replace(staging / name, folder / name)
+        return names
+    placed = []
+    try:
+        for name in names:
+            os.link(staging / name, folder / name)
+            placed.append(folder / name)
+    except FileExistsError as error:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        raise OutputConflictError(
+            f"{_shown(Path(error.filename2 or folder / name))} appeared while this command ran (another run writing into {_shown(folder)}?); "
+            "nothing of this run was kept: rerun it into another --out."
+        ) from None
     return names
 
 
@@ -474,13 +494,13 @@ def _simulate(args: argparse.Namespace) -> int:
             tmp.write_text("\n".join(rows) + "\n")
         write_json_atomic(staging / targets[2].name, conditions)
 
-    _write_staged(out, write)
+    _write_staged(out, write, args.overwrite)
     n_si = int(np.sum(data.atoms[:, 3] == 1))
     _say(f"Wrote {len(data)} images of {data.images.shape[1]}x{data.images.shape[2]} px ({len(data.atoms)} atoms, {n_si} Si) to {_shown(out)}/")
     return 0
 
 
-def _write_staged(out: Path, write: Callable[[Path], None], into: Path | None = None) -> list[str]:
+def _write_staged(out: Path, write: Callable[[Path], None], overwrite: bool, into: Path | None = None) -> list[str]:
     """Run ``write(staging)`` in a hidden staging folder inside ``out``, then move its files into
     ``into`` (default ``out``). On any failure nothing is left: no staging folder, and no ``out``
     when this call created it."""
@@ -490,7 +510,7 @@ def _write_staged(out: Path, write: Callable[[Path], None], into: Path | None = 
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out))
         write(staging)
-        names = _move_into(staging, into or out)
+        names = _move_into(staging, into or out, overwrite)
         done = True
         return names
     finally:
@@ -547,7 +567,7 @@ def _predict(args: argparse.Namespace) -> int:
     ensemble = Ensemble.load(model)
     detector = _shift_detector(model, ensemble)
     summaries: list[str] = []
-    names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold)))
+    names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold)), args.overwrite)
     for line in summaries:
         _say(line)
     _say(f"Wrote {len(names)} files to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot), and {FRAMES_FILE}")
@@ -636,7 +656,7 @@ def _adapt(args: argparse.Namespace) -> int:
         for frame in frames:
             locate_atoms(result.ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px)).to_csv(staging / f"{frame.name}.csv")
 
-    _write_staged(out, write, into=out / "atoms")
+    _write_staged(out, write, args.overwrite, into=out / "atoms")
     final = out / f"round_{result.history[-1]['round']}"
     _say(f"adapted ensemble: {_shown(final)}/; history: {_shown(out / 'history.csv')}; atoms: {_shown(out / 'atoms')}/ (NAME.csv per frame)")
     return 0

@@ -405,7 +405,7 @@ def _member_state(folder: Path, record: dict, seed: int) -> tuple[str, dict | No
     differs = [key for key in IDENTITY_KEYS if _plain(member.get(key)) != _plain(record[key])]
     if differs:
         raise BadModelFolderError(
-            f"{json_path} belongs to another training ({', '.join(differs)} differ from {RECORD_FILE}'s); "
+            f"{json_path} belongs to another training ({', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'} from {RECORD_FILE}'s); "
             f"move {_member_name(seed)}.json and .safetensors out of {folder}, then {_rerun(folder, record)} to retrain it."
         )
     if member.get("seed") != seed:
@@ -566,7 +566,7 @@ def _claim_folder(folder: Path, identity: dict, seeds: list[int], resize: bool =
         return existing
     if differs:
         raise BadModelFolderError(
-            f"{folder} holds an ensemble trained with a different configuration ({', '.join(differs)} differ); "
+            f"{folder} holds an ensemble trained with a different configuration ({', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'}); "
             "choose another output folder (nothing was overwritten)."
         )
     upgrade = existing["format_version"] < 2

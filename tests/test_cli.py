@@ -333,3 +333,21 @@ def test_train_into_a_folder_of_another_size_is_refused_before_any_data_is_made(
     assert err.count("\n") == 1 and "holds an ensemble of 2 members" in err and "--resize" in err
     assert main([*small, "--members", "2", "--seed", "1"]) == 2
     assert "another --seed?" in capsys.readouterr().err
+
+
+def test_outputs_that_appear_meanwhile_are_never_replaced(tmp_path):
+    """Two runs into one folder at once: the later one's move fails and takes its own files back."""
+    from elit_utils import cli
+    from elit_utils.errors import OutputConflictError
+
+    staging, folder = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    folder.mkdir()
+    (staging / "a.npy.csv").write_text("mine")
+    (staging / "frames.csv").write_text("mine")
+    (folder / "frames.csv").write_text("the other run's")
+    with pytest.raises(OutputConflictError, match="frames.csv appeared while this command ran"):
+        cli._move_into(staging, folder, overwrite=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["frames.csv"] and (folder / "frames.csv").read_text() == "the other run's"
+    assert cli._move_into(staging, folder, overwrite=True) == ["a.npy.csv", "frames.csv"]
+    assert (folder / "frames.csv").read_text() == "mine"
