@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import PROFILES
+from .config import MAX_WORK_PX, PROFILES
 from .errors import BadImageError, BadModelFolderError, BadValueError, ElitError, OutputConflictError
 
 #: The largest simulated frame side, and the smallest.
@@ -48,8 +48,6 @@ MAX_ITERATIONS = 1_000_000
 MAX_ROUNDS = 100
 #: Resampling a frame to the model's pixel size by more than this factor (either way) needs --allow-resample.
 MAX_RESAMPLE_FACTOR = 4.0
-#: The largest frame, at the model's pixel size, that predict and adapt take on (4096 x 4096 px).
-MAX_WORK_PX = 4096 * 4096
 #: Names of outputs: each input's results are named after its full file name plus these.
 PREDICT_SUFFIXES = (".csv", ".png")
 FRAMES_FILE = "frames.csv"

@@ -45,6 +45,10 @@ EXPERIMENTAL_ENV = "ELIT_EXPERIMENTAL_DIR"
 
 DEFAULT_PROFILE = "quick"
 
+#: The most pixels a frame may have once resampled to a model's pixel size (4096 x 4096): a pixel
+#: size in the wrong unit would otherwise make a frame that takes hours and gigabytes to predict.
+MAX_WORK_PX = 4096 * 4096
+
 
 @dataclass(frozen=True)
 class Profile:

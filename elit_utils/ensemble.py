@@ -66,6 +66,7 @@ from skimage.transform import resize
 
 from .augment import Augmentation, augment_batch
 from .cache import atomic_path, package_versions, write_json_atomic
+from .config import MAX_WORK_PX
 from .errors import BadImageError, BadModelFolderError, BadValueError
 from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
 from .runtime import PRECISIONS, Precision, default_device, resolve_precision
@@ -1009,6 +1010,13 @@ class Ensemble:
         if not resample:
             return frames, list(frames), False
         shapes = [tuple(max(8, round(side * factor)) for side in frame.shape) for frame in frames]
+        largest = max(shapes, key=lambda shape: shape[0] * shape[1])
+        if largest[0] * largest[1] > MAX_WORK_PX:
+            side = math.isqrt(MAX_WORK_PX)
+            raise BadValueError(
+                f"at the training pixel size ({self.sampling_A_per_px:g} A/px) a frame of {sampling:g} A/px would be {largest[0]}x{largest[1]} px, "
+                f"over the limit of {side}x{side} px; check sampling_A_per_px (in A/px), or crop or bin the frame first."
+            )
         return frames, [resize(f, shape, order=1, preserve_range=True).astype(np.float32) for f, shape in zip(frames, shapes)], True
 
     def predict(

@@ -375,3 +375,10 @@ def test_the_cache_gives_fewer_members_as_a_subset_and_grows_for_more(monkeypatc
     grown = ens.cached_ensemble("smoke", n_members=3, progress=False)
     assert grown.seeds == [0, 1, 2] and calls == [[0], [1], [2]]
     assert ens.cached_ensemble("smoke", n_members=2, progress=False).seeds == [0, 1] and len(calls) == 3
+
+
+def test_a_pixel_size_that_would_make_a_huge_frame_is_refused_not_computed(shared):
+    """A pixel size 50x the model's (a wrong unit) would make a 3200 px frame per 64 px: refused at once."""
+    image = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    with pytest.raises(BadValueError, match="over the limit of 4096x4096 px; check sampling_A_per_px"):
+        shared.predict(image, sampling_A_per_px=shared.sampling_A_per_px * 50)
