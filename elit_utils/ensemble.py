@@ -491,6 +491,11 @@ def _record_member(folder: Path, seed: int, sha: str, precision: str | None) -> 
     write_json_atomic(folder / RECORD_FILE, {**record, "members": {**record["members"], str(seed): entry}})
 
 
+def _member_record(identity: dict, seed: int, precision: str, seconds: float, losses: np.ndarray) -> dict:
+    """What a finished member's JSON holds besides its weights' hash: the training it belongs to, its seed and run."""
+    return {**identity, "seed": seed, "precision": precision, "seconds": seconds, "loss_history": losses.tolist(), "versions": package_versions()}
+
+
 def _save_member(folder: Path, seed: int, state: dict[str, torch.Tensor], member: dict) -> None:
     """Write a finished member: weights, then its record (with the weights' sha256), then its line in
     ``ensemble.json``; each atomically, so that a kill at any moment leaves a folder that loading refuses
@@ -739,15 +744,7 @@ def train_ensemble(
         group = todo[start : start + pack]
         net, history, seconds = _train_pack(x, y, group, architecture, config, device, progress)
         for index, seed in enumerate(group):
-            member = {
-                **identity,
-                "seed": seed,
-                "precision": precision,
-                "seconds": seconds / len(group),
-                "loss_history": history[:, index].tolist(),
-                "versions": package_versions(),
-            }
-            _save_member(folder, seed, net.member_state_dict(index), member)
+            _save_member(folder, seed, net.member_state_dict(index), _member_record(identity, seed, precision, seconds / len(group), history[:, index]))
     return Ensemble.load(folder, device=device)
 
 

@@ -29,12 +29,13 @@ import torch
 from scipy import ndimage
 from skimage.transform import resize
 
-from .cache import atomic_path, package_versions, write_json_atomic
+from .cache import atomic_path, write_json_atomic
 from .ensemble import (
     IDENTITY_KEYS,
     Ensemble,
     TrainingConfig,
     _claim_folder,
+    _member_record,
     _members_to_train,
     _save_member,
     _train_pack,
@@ -379,17 +380,8 @@ def _fine_tune(
             x, y, seeds, architecture, training, ensemble.device, progress, states, w, stream=round_index, freeze_batch_norm=config.freeze_batch_norm
         )
         for index, seed in enumerate(seeds):
-            if seed not in todo:
-                continue
-            member = {
-                **identity,
-                "seed": seed,
-                "precision": precision,
-                "seconds": seconds / len(seeds),
-                "loss_history": history[:, index].tolist(),
-                "versions": package_versions(),
-            }
-            _save_member(folder, seed, tuned.member_state_dict(index), member)
+            if seed in todo:
+                _save_member(folder, seed, tuned.member_state_dict(index), _member_record(identity, seed, precision, seconds / len(seeds), history[:, index]))
     return Ensemble.load(folder, device=ensemble.device)
 
 
