@@ -273,8 +273,6 @@ def _output_files(paths: list[Path], folder: Path, suffixes: tuple[str, ...], re
                 with_what = f"{_shown(other)} and {_shown(path)} would both write" if other is not None else f"{_shown(path)} would overwrite"
                 raise OutputConflictError(f"{with_what} {_shown(folder / name)}; rename one of them or run them separately.")
             owner[name] = path
-        if path in files:
-            raise OutputConflictError(f"{_shown(path)} is given twice; name each file once.")
         files[path] = [folder / name for name in names]
     return files
 
@@ -400,24 +398,10 @@ def _frame_sampling(path: Path, loaded: Any, given: float | str | None) -> float
     sampling = loaded.sampling_A_per_px
     if isinstance(given, float) and in_file and abs(given / in_file - 1) > 0.02:
         _say(f"warning: {shown}: --sampling {given:g} A/px differs from the file's {in_file:g} A/px; using --sampling {given:g} as given.", error=True)
-    warning = _lattice_warning(loaded.image, sampling)
+    warning = lattice.compare_with_lattice(loaded.image, sampling)  # None where it agrees or shows no lattice
     if warning:
         _say(f"warning: {shown}: {warning}", error=True)
     return sampling
-
-
-def _lattice_warning(image: Any, sampling_A_per_px: float) -> str | None:
-    """One line when the graphene lattice in ``image`` disagrees with the pixel size; None when it agrees or shows no lattice."""
-    from .lattice import compare_with_lattice
-
-    try:
-        warning = compare_with_lattice(image, sampling_A_per_px)
-    except ElitError:  # no lattice to compare with: nothing to warn about
-        return None
-    if not warning:
-        return None
-    text = _one_line(warning)
-    return text[len("warning: ") :] if text.lower().startswith("warning: ") else text
 
 
 def _check_scale(name: str, shape: tuple[int, int], sampling_A_per_px: float, model_sampling_A_per_px: float, allow_resample: bool) -> tuple[int, int]:

@@ -537,7 +537,7 @@ def compare_with_lattice(image: np.ndarray, given_A_per_px: float, tolerance: fl
     >>> compare_with_lattice(frame, 0.1) is None
     True
     >>> print(compare_with_lattice(frame, 0.2))  # doctest: +ELLIPSIS
-    warning: the pixel size given (0.2 A/px) differs by ...% from the 0.1... A/px that graphene's lattice ...
+    the pixel size given (0.2 A/px) differs by ...% from the 0.1... A/px that graphene's lattice ...
     """
     try:
         estimate = estimate_sampling(image)
@@ -547,6 +547,6 @@ def compare_with_lattice(image: np.ndarray, given_A_per_px: float, tolerance: fl
     if abs(given_A_per_px - measured) <= tolerance * measured:
         return None
     return (
-        f"warning: the pixel size given ({given_A_per_px:g} A/px) differs by {100 * abs(given_A_per_px / measured - 1):.0f}% from the {measured:.3f} A/px"
+        f"the pixel size given ({given_A_per_px:g} A/px) differs by {100 * abs(given_A_per_px / measured - 1):.0f}% from the {measured:.3f} A/px"
         f" that graphene's lattice (2.46 A) shows in this frame; check it, or use --sampling auto (or --sampling {measured:.3f})."
     )
