@@ -45,6 +45,10 @@ EXPERIMENTAL_ENV = "ELIT_EXPERIMENTAL_DIR"
 
 DEFAULT_PROFILE = "quick"
 
+#: The shift detector's file in a model folder, beside the members it was fitted on (written by
+#: ``elit train``, used by ``elit predict``, deleted by a resize, since it is then stale).
+SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
+
 #: The most pixels a frame may have once resampled to a model's pixel size (4096 x 4096): a pixel
 #: size in the wrong unit would otherwise make a frame that takes hours and gigabytes to predict.
 MAX_WORK_PX = 4096 * 4096

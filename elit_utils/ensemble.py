@@ -66,7 +66,7 @@ from skimage.transform import resize
 
 from .augment import Augmentation, augment_batch
 from .cache import atomic_path, package_versions, write_json_atomic
-from .config import MAX_WORK_PX
+from .config import MAX_WORK_PX, SHIFT_DETECTOR_FILE
 from .errors import BadImageError, BadModelFolderError, BadValueError
 from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
 from .runtime import PRECISIONS, Precision, default_device, resolve_precision
@@ -75,8 +75,6 @@ from .unet import PackedUnet, UnetArchitecture
 RECORD_FILE = "ensemble.json"
 #: 2: ``ensemble.json`` lists the members (seeds) and their weights' sha256. 1: it did not (still loaded, unverified).
 FORMAT_VERSION = 2
-#: The shift detector beside the members (:mod:`elit_utils.ood`); fitted on them, so stale when they change.
-SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
 #: What every member's record shares with ``ensemble.json``: what makes members of one training.
 IDENTITY_KEYS = ("architecture", "training", "data_hash", "sampling_A_per_px", "normalization")
 _MEMBER_FILE = re.compile(r"member_(\d+)\.(json|safetensors)")

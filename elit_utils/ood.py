@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import SHIFT_DETECTOR_FILE
 from .errors import BadModelFolderError, BadValueError
 from .locate import find_atoms, locate_atoms
 from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pool_scores, pooled_scores
@@ -435,11 +436,6 @@ def _check_members(fitted: dict[str, str], current: dict[str, str], path: Path) 
         f"{path} was fitted on {changed} (seeds {', '.join(map(str, seeds))}; the ensemble now has {', '.join(map(str, now))}): "
         f"it is stale; {_refit(path)} to refit it."
     )
-
-
-#: The shift detector's file in an ensemble's folder (written by ``elit train``, used by ``elit predict``;
-#: the same name as :data:`elit_utils.ensemble.SHIFT_DETECTOR_FILE`, which a resize deletes).
-SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
 
 
 def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> ShiftDetector:
