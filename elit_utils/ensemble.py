@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from skimage.transform import resize
 
 from .augment import Augmentation, augment_batch
-from .cache import atomic_path, package_versions, write_json_atomic
+from .cache import atomic_path, file_sha256, package_versions, write_json_atomic
 from .config import MAX_WORK_PX, SHIFT_DETECTOR_FILE
 from .errors import BadImageError, BadModelFolderError, BadValueError
 from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
@@ -259,21 +259,6 @@ def _describe_seeds(seeds: list[int]) -> str:
     if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
         return f"seeds {seeds[0]}-{seeds[-1]}"
     return "seeds " + ", ".join(map(str, seeds))
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file's bytes (hex), as recorded for every member's weights.
-
-    >>> import tempfile, pathlib
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "empty"; _ = path.write_bytes(b"")
-    >>> file_sha256(path)[:12]
-    'e3b0c44298fc'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _record(architecture: UnetArchitecture, config: TrainingConfig, data_digest: str, sampling_A_per_px: float) -> dict:

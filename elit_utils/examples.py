@@ -42,7 +42,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -52,7 +51,7 @@ from typing import Literal
 
 import numpy as np
 
-from .cache import cache_dir
+from .cache import cache_dir, file_sha256
 from .errors import BadValueError
 from .io import experimental_dir, load_image
 
@@ -201,11 +200,6 @@ def example_url(name: str) -> str:
     return f"{base.rstrip('/')}/{entry.commit}/{entry.upstream_path}"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _fetching_allowed() -> bool:
     return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
 
@@ -219,7 +213,7 @@ def _shared_copy(name: str, entry: ExampleFile) -> tuple[Path | None, str]:
     folder = experimental_dir()
     if folder is None or not (folder / name).is_file():
         return None, ""
-    if _sha256(folder / name) == entry.sha256:
+    if file_sha256(folder / name) == entry.sha256:
         return folder / name, ""
     return None, f"the copy in {folder} has another checksum and was not used"
 
@@ -229,7 +223,7 @@ def _cached_copy(name: str, entry: ExampleFile) -> Path | None:
     path = _download_folder() / name
     if not path.is_file():
         return None
-    if _sha256(path) == entry.sha256:
+    if file_sha256(path) == entry.sha256:
         return path
     path.unlink()
     return None
