@@ -10,8 +10,8 @@ and ``reproduce`` (results), ``cli`` (the ``elit`` command).
 """
 
 from .config import VERSION, get_profile
-from .report import record_metrics, save_figure
+from .report import markdown_table, record_metrics, save_figure
 from .runtime import setup
 
 __version__ = VERSION
-__all__ = ["__version__", "get_profile", "record_metrics", "save_figure", "setup"]
+__all__ = ["__version__", "get_profile", "markdown_table", "record_metrics", "save_figure", "setup"]

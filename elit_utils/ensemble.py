@@ -416,6 +416,32 @@ def _extra_member_error(folder: Path, record: dict, path: Path) -> BadModelFolde
     )
 
 
+def _edited_record_error(folder: Path, record: dict, seeds: list[int]) -> BadModelFolderError | None:
+    """The error to raise when ``ensemble.json`` disagrees with every member while they agree with each other
+    (it was edited or replaced: blame it, not a member); None otherwise, or with fewer than two members to tell."""
+    paths = [_member_paths(folder, seed)[0] for seed in seeds]
+    try:
+        members = [_read_json(path, "") for path in paths if path.is_file()]
+    except BadModelFolderError:  # a damaged member file: the member-by-member check names it and its remedy
+        return None
+    if len(members) < 2:
+        return None
+    differs = [key for key in IDENTITY_KEYS if _plain(members[0].get(key)) != _plain(record[key])]
+    members_agree = all(_plain(m.get(key)) == _plain(members[0].get(key)) for m in members[1:] for key in IDENTITY_KEYS)
+    if not differs or not members_agree:
+        return None
+    return BadModelFolderError(
+        f"{folder / RECORD_FILE} disagrees with all {len(members)} members on {', '.join(differs)}, which agree with each other: "
+        f"{RECORD_FILE} was edited or replaced; put back what the members record: {_shown(differs, members[0])}."
+    )
+
+
+def _shown(keys: list[str], member: dict, limit: int = 240) -> str:
+    """``key = value`` for each key of a member's record, as JSON, shortened to ``limit`` characters."""
+    text = "; ".join(f"{key} = {json.dumps(_plain(member.get(key)), sort_keys=True)}" for key in keys)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _verified_members(folder: Path, record: dict) -> dict[int, tuple[dict, str]]:
     """Every member of the folder, checked: seed -> (its record, its weights' sha256), in the record's order."""
     found, ignored = _scan_member_files(folder)
@@ -432,6 +458,9 @@ def _verified_members(folder: Path, record: dict) -> dict[int, tuple[dict, str]]
         extra = sorted(set(found) - set(seeds))
         if extra:
             raise _extra_member_error(folder, record, found[extra[0]][0])
+    edited = _edited_record_error(folder, record, seeds)
+    if edited is not None:
+        raise edited
     members, untrained = {}, []
     for seed in seeds:
         status, member, sha = _member_state(folder, record, seed)
@@ -838,6 +867,8 @@ def checked_images(images: np.ndarray, what: str = "predict") -> np.ndarray:
             f"{what} got an array of shape {array.shape}, which looks like an RGB(A) colour image; "
             "pass one channel (e.g. image[..., 0] or image.mean(axis=-1)); a stack of frames is (n, H, W)."
         )
+    if array.ndim == 3 and array.shape[-1] == 1 and array.shape[0] > 4:
+        raise BadImageError(f"{what} got an array of shape {array.shape}: a channel axis? pass image[..., 0]; a stack of frames is (n, H, W).")
     if array.ndim not in (2, 3):
         raise BadImageError(f"{what} expects an image (H, W) or a stack (n, H, W), got shape {array.shape}.")
     if array.size == 0 or min(array.shape[-2:]) < 8:

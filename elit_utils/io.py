@@ -422,16 +422,18 @@ def normalize_image(image: np.ndarray, low_percentile: float = 1.0, high_percent
 def experimental_dir() -> Path | None:
     """The folder of shared experimental images, or None when absent.
 
-    Looks at ``$ELIT_EXPERIMENTAL_DIR``, then ``../shared/data/experimental``
-    beside the repository checkout, then beside the working folder.
+    ``$ELIT_EXPERIMENTAL_DIR`` when set (and None when it names no folder: the variable
+    is obeyed, never silently replaced), else ``../shared/data/experimental`` beside the
+    repository checkout, then beside the working folder.
 
     >>> folder = experimental_dir()
     >>> folder is None or folder.is_dir()
     True
     """
-    candidates = []
     if os.environ.get(EXPERIMENTAL_ENV):
-        candidates.append(Path(os.environ[EXPERIMENTAL_ENV]))
+        chosen = Path(os.environ[EXPERIMENTAL_ENV])
+        return chosen if chosen.is_dir() else None
+    candidates = []
     if (root := repository_root()) is not None:
         candidates.append(root.parent / "shared" / "data" / "experimental")
     candidates += [Path.cwd().parent / "shared" / "data" / "experimental", Path.cwd().parent.parent / "shared" / "data" / "experimental"]

@@ -1,17 +1,25 @@
 """Iterative training: adapt an ensemble to new, unlabelled frames with its own confident atoms.
 
 Each round: the ensemble predicts on the target frames; atoms it is sure of
-(mutual information below a limit) become pseudo-label discs; the footprints of
-atoms it is unsure of, and faint blobs holding no atom, are left out of the loss; every
-member is fine-tuned on these frames (mixed with labelled source frames, so it
-does not forget). Rounds repeat until the pseudo-labels and the uncertainty stop
-changing. Each round's ensemble is saved in the safe checkpoint format, so an
-interrupted adaptation resumes where it stopped.
+(mutual information below a limit) become pseudo-label discs (labels the networks make
+for themselves, where a human would otherwise draw them); the footprints of atoms it is
+unsure of, and faint blobs holding no atom, are left out of the loss; every member is
+fine-tuned on these frames (mixed with labelled source frames, so it does not forget).
+Rounds repeat until the pseudo-labels and the uncertainty stop changing. Each round's
+ensemble is saved in the safe checkpoint format, so an interrupted adaptation resumes
+where it stopped.
+
+The pieces of one round are public, so a notebook can write the round out:
+:func:`pseudo_labels`, :func:`fine_tune` and :func:`round_folder` (where
+:func:`compare_with_baselines` keeps each method's rounds, so that it reuses a round
+done by hand); :func:`adapt_folder` names a cache folder for an adaptation.
 
 Example
 -------
 >>> AdaptConfig(rounds=2).rounds
 2
+>>> METHODS[:2]
+('uncertainty-masked', 'paper (threshold 0.5)')
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import torch
 from scipy import ndimage
 from skimage.transform import resize
 
-from .cache import atomic_path, write_json_atomic
+from .cache import atomic_path, cache_dir, write_json_atomic
+from .config import config_hash
 from .ensemble import (
     IDENTITY_KEYS,
     Ensemble,
@@ -51,9 +60,21 @@ from .runtime import resolve_precision
 from .simulate import label_mask
 from .unet import UnetArchitecture
 
-#: The ways to adapt that :func:`compare_with_baselines` knows: ELIT (uncertainty-masked pseudo-labels),
-#: the paper's plain pseudo-labels, one network teaching itself, no adaptation, and the true-label ceiling.
-METHODS = ("ELIT", "plain", "single network", "no adaptation", "true labels")
+#: The probability above which the paper's scheme makes a pixel part of an atom, and so every atom a label.
+PAPER_THRESHOLD = 0.5
+
+#: ELIT Lab's scheme: confident atoms become labels, uncertain atoms and unclaimed faint blobs are left out of the loss.
+MASKED = "uncertainty-masked"
+
+#: The paper's scheme: every atom above :data:`PAPER_THRESHOLD` becomes a label, every pixel counts in the loss.
+PAPER = f"paper (threshold {PAPER_THRESHOLD:g})"
+
+#: The ways to adapt that :func:`compare_with_baselines` knows: the two pseudo-label schemes, one network
+#: teaching itself, no adaptation, and the true-label reference.
+METHODS = (MASKED, PAPER, "single network", "no adaptation", "true labels")
+
+#: Where each method keeps its rounds inside :func:`compare_with_baselines`'s folder (see :func:`round_folder`).
+_SUBFOLDERS = {MASKED: "uncertainty_masked", PAPER: "paper_threshold", "single network": "single", "true labels": "true_labels"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +91,8 @@ class AdaptConfig:
         (and, with ``mask_uncertain``, their footprint is left out of the loss). 0.2 nats is
         about a third of the largest possible MI of a binary answer (ln 2 = 0.69 nats).
     mask_uncertain: leave uncertain atoms and unclaimed faint blobs out of the loss (False: the
-        paper's plain scheme, every atom above the threshold is a label and every pixel counts).
-    threshold: probability above which a pixel belongs to an atom.
+        paper's scheme, every atom above the threshold is a label and every pixel counts).
+    threshold: probability above which a pixel belongs to an atom (the paper's 0.5 by default).
     min_prominence: a blob holding two peaks whose dip is at least this deep is two atoms
         (:func:`~elit_utils.locate.atom_regions`).
     background_probability: with ``mask_uncertain``, faint blobs above this probability that hold
@@ -94,7 +115,7 @@ class AdaptConfig:
     learning_rate: float = 5e-4
     confident_mi_nats: float = 0.2
     mask_uncertain: bool = True
-    threshold: float = 0.5
+    threshold: float = PAPER_THRESHOLD
     min_prominence: float = MIN_PROMINENCE
     background_probability: float = 0.05
     source_fraction: float = 0.25
@@ -340,8 +361,83 @@ def _tile_size(tile_px: int, frames: list[np.ndarray], source: tuple[np.ndarray,
     return tile - tile % 8
 
 
+def fine_tune(
+    ensemble: Ensemble,
+    frames: np.ndarray | list[np.ndarray],
+    labels: Sequence[tuple[np.ndarray, ...]],
+    out_dir: str | Path,
+    config: AdaptConfig,
+    source: tuple[np.ndarray, np.ndarray] | None = None,
+    round_index: int = 1,
+    progress: bool = True,
+) -> Ensemble:
+    """Fine-tune every member on ``frames`` and their ``labels``; save the tuned ensemble in ``out_dir`` and return it.
+
+    Fine-tuning goes on training from the members' present weights (not from scratch), for
+    ``config.iterations_per_round`` steps at ``config.learning_rate``, on tiles of ``config.tile_px``.
+    ``frames`` are at the ensemble's pixel size; ``labels`` holds one (mask, loss weight, ...) per frame,
+    as :func:`pseudo_labels` returns them (a weight of 0 leaves a pixel out of the loss);
+    ``source`` (images, masks) are labelled frames mixed in so that the members do not forget.
+    This is one round of :func:`adapt`: the same call into a folder that already holds the
+    finished members loads them instead of training again.
+
+    >>> model = Ensemble.load("my_model")  # doctest: +SKIP
+    >>> labels = [pseudo_labels(model.predict(frame), AdaptConfig(), model.sampling_A_per_px) for frame in frames]  # doctest: +SKIP
+    >>> tuned = fine_tune(model, frames, labels, "adapted/round_1", AdaptConfig())  # doctest: +SKIP
+    """
+    if not isinstance(config, AdaptConfig):
+        raise BadValueError(f"config must be an AdaptConfig, got {type(config).__name__}")
+    frames, _ = _checked_frames(frames, ensemble.sampling_A_per_px)
+    if len(labels) != len(frames):
+        raise BadValueError(f"{len(frames)} frames but {len(labels)} labels; pass one (mask, loss weight) per frame.")
+    for index, (frame, label) in enumerate(zip(frames, labels)):
+        if np.shape(label[0]) != frame.shape or np.shape(label[1]) != frame.shape:
+            raise BadImageError(f"frame {index} is {frame.shape} px but its mask and loss weight are {np.shape(label[0])} and {np.shape(label[1])}.")
+    source = _checked_source(source)
+    tile = _tile_size(config.tile_px, frames, source)
+    return _fine_tune(ensemble, frames, [(m, w, 0) for m, w, *_ in labels], source, Path(out_dir), config, round_index, tile, progress)
+
+
+def round_folder(out_dir: str | Path, method: str = MASKED, round_index: int = 1) -> Path:
+    """Where :func:`compare_with_baselines` (into ``out_dir``) keeps round ``round_index`` of ``method``.
+
+    A round fine-tuned by hand (:func:`fine_tune`) into this folder is found there, not trained again.
+
+    >>> round_folder("adapt", PAPER, 2).as_posix()
+    'adapt/paper_threshold/round_2'
+    """
+    if method not in _SUBFOLDERS:
+        raise BadValueError(f"{method!r} keeps no rounds; choose one of: {', '.join(_SUBFOLDERS)}.")
+    return Path(out_dir) / _SUBFOLDERS[method] / f"round_{round_index}"
+
+
+def adapt_folder(name: str, frames: np.ndarray | list[np.ndarray], config: AdaptConfig, model_record: dict, profile: str | None = None) -> Path:
+    """A cache folder for adapting the ensemble of ``model_record`` to ``frames`` with ``config``:
+    ``<cache>/adapt/<name>-<profile>-<hash>``, the hash covering the frames' pixels, the settings and the ensemble,
+    so a change of any of them adapts afresh and a rerun resumes from the rounds on disk.
+
+    >>> folder = adapt_folder("dose=5000", np.zeros((2, 64, 64)), AdaptConfig(), {"seeds": [0, 1]}, profile="smoke")
+    >>> folder.parent.name, folder.name.startswith("dose=5000-smoke-")
+    ('adapt', True)
+    """
+    from .config import get_profile
+
+    frames_key = [data_hash(np.asarray(frame), np.zeros(0)) for frame in frames]
+    model_key = {key: model_record.get(key) for key in ("seeds", "data_hash", "architecture", "training", "sampling_A_per_px")}
+    key = config_hash({"frames": frames_key, "adapt": config, "model": model_key})
+    return cache_dir() / "adapt" / f"{name}-{get_profile(profile).name}-{key}"
+
+
 def _fine_tune(
-    ensemble: Ensemble, work: np.ndarray, labels: list, source: tuple | None, folder: Path, config: AdaptConfig, round_index: int, tile: int, progress: bool
+    ensemble: Ensemble,
+    work: list[np.ndarray],
+    labels: list,
+    source: tuple | None,
+    folder: Path,
+    config: AdaptConfig,
+    round_index: int,
+    tile: int,
+    progress: bool,
 ) -> Ensemble:
     """Fine-tune every member on the pseudo-labelled tiles (plus source tiles); save as ``folder``."""
     images = _tiles(work, tile)
@@ -397,32 +493,39 @@ def compare_with_baselines(
     progress: bool = True,
     methods: Sequence[str] = METHODS,
 ) -> dict[str, list[dict]]:
-    """ELIT and the chosen baselines (``methods``, from :data:`METHODS`) on the same frames, each a history of rounds (see :func:`adapt`).
+    """The uncertainty-masked scheme and the chosen baselines (``methods``, from :data:`METHODS`) on the same
+    frames, each a history of rounds (see :func:`adapt`).
 
-    * ``ELIT``: the ensemble, confident atoms as labels, uncertain regions masked out;
-    * ``plain``: the same ensemble, every atom above the threshold a label, no mask (the paper's scheme);
+    * ``uncertainty-masked`` (:data:`MASKED`): the ensemble, confident atoms as labels, uncertain regions left out of the loss;
+    * ``paper (threshold 0.5)`` (:data:`PAPER`): the same ensemble, every atom above :data:`PAPER_THRESHOLD` a label,
+      every pixel in the loss (the paper's scheme);
     * ``single network``: one member adapting alone on its own atoms (self-training without an ensemble);
     * ``no adaptation``: the source ensemble as it is;
     * ``true labels`` (when ``true_masks`` are given): the same fine-tuning with the simulator's
-      labels, the ceiling that pseudo-labels can at best reach.
+      labels, a reference no experiment has.
 
-    Each method works in its own subfolder of ``out_dir``, so each resumes on its own. ``ELIT``
-    always runs; a short run profile leaves out the costly baselines.
+    Each method works in its own subfolder of ``out_dir`` (:func:`round_folder`), so each resumes on
+    its own. The uncertainty-masked scheme always runs; a short run profile leaves out the costly baselines.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise BadValueError(f"unknown adaptation method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}.")
     out = Path(out_dir)
-    histories = {"ELIT": adapt(ensemble, frames, sampling_A_per_px, out / "elit", config, truth, source, progress=progress).history}
-    if "plain" in methods:
-        plain = dataclasses.replace(config, mask_uncertain=False)
-        histories["plain"] = adapt(ensemble, frames, sampling_A_per_px, out / "plain", plain, truth, source, progress=progress).history
+
+    def folder(method: str) -> Path:
+        return round_folder(out, method).parent
+
+    histories = {MASKED: adapt(ensemble, frames, sampling_A_per_px, folder(MASKED), config, truth, source, progress=progress).history}
+    if PAPER in methods:
+        paper = dataclasses.replace(config, mask_uncertain=False, threshold=PAPER_THRESHOLD)
+        histories[PAPER] = adapt(ensemble, frames, sampling_A_per_px, folder(PAPER), paper, truth, source, progress=progress).history
     if "single network" in methods:
-        histories["single network"] = adapt(ensemble.subset(1), frames, sampling_A_per_px, out / "single", config, truth, source, progress=progress).history
-    histories["no adaptation"] = histories["ELIT"][:1]
+        single = ensemble.subset(1)
+        histories["single network"] = adapt(single, frames, sampling_A_per_px, folder("single network"), config, truth, source, progress=progress).history
+    histories["no adaptation"] = histories[MASKED][:1]
     if true_masks is not None and "true labels" in methods:
         histories["true labels"] = _fine_tune_on_true_labels(
-            ensemble, frames, sampling_A_per_px, out / "true_labels", config, truth, source, true_masks, histories["ELIT"][0], progress
+            ensemble, frames, sampling_A_per_px, folder("true labels"), config, truth, source, true_masks, histories[MASKED][0], progress
         )
     return histories
 

@@ -9,8 +9,12 @@ the uncertainty, and whether that uncertainty flags the errors:
   per-pixel probabilities mean what they say?
 * :func:`risk_coverage`: precision of the atoms kept when only the most certain
   fraction is kept;
-* a frame's *shift score* (its mean mutual information), which an automated
-  microscope can threshold to decide "this frame is out of distribution".
+* a frame's *shift score* (:class:`ShiftDetector`: its distance from source frames in the
+  members' feature space), which an automated microscope can threshold to decide "this frame
+  is out of distribution"; its mean mutual information is the alternative.
+
+:func:`cached_sweeps` runs (or reads back from the cache) the sweeps of notebooks 03 and 04,
+and :func:`sweep_table` shows them as a table.
 
 :func:`classical_atoms` is the training-free reference: Gaussian smoothing and
 local maxima (scikit-image), tuned once on the source domain.
@@ -45,6 +49,18 @@ SWEEP_AXES: dict[str, tuple[str, tuple[float, ...], str]] = {
     "contamination": ("contamination", (0.0, 0.15, 0.3, 0.45, 0.6), "coverage"),
     "dopants": ("sample.dopant_density_per_nm2", (0.1, 0.5, 1.0, 2.0, 3.0), "Si per nm²"),
     "experiment_like": ("towards experiment_like", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of the way"),
+}
+
+#: What each sweep axis does to the microscope or the specimen, in plain words.
+SWEEP_AXIS_MEANINGS: dict[str, str] = {
+    "dose": "electrons per unit area: fewer electrons, noisier frames",
+    "sampling": "pixel size: larger pixels, coarser frames (resampled to the training pixel size)",
+    "defocus": "the probe focused above or below the sheet: wider, blurrier probe",
+    "astigmatism": "a probe stretched in one direction (two-fold astigmatism)",
+    "drift": "scan lines shifted at random and the specimen drifting during the scan",
+    "contamination": "patches of amorphous carbon over the sheet, and a brighter background",
+    "dopants": "density of Si atoms, brighter than carbon",
+    "experiment_like": "every condition at once, moved towards the experiment-like domain",
 }
 
 
@@ -245,6 +261,9 @@ def summarise_sites(sites: list[dict[str, np.ndarray]]) -> dict[str, dict[str, f
 
 # --------------------------------------------------------------------------- shift detection
 
+#: The share of fresh source frames a :class:`ShiftDetector` flags by default (its false alarms).
+FALSE_ALARM_RATE = 0.05
+
 
 @dataclass(frozen=True)
 class ShiftDetector:
@@ -287,7 +306,9 @@ class ShiftDetector:
         return fitted.location_, fitted.precision_
 
     @classmethod
-    def fit(cls, reference_features: np.ndarray, false_alarm_rate: float = 0.05, n_folds: int = 8, members: dict[str, str] | None = None) -> ShiftDetector:
+    def fit(
+        cls, reference_features: np.ndarray, false_alarm_rate: float = FALSE_ALARM_RATE, n_folds: int = 8, members: dict[str, str] | None = None
+    ) -> ShiftDetector:
         """Fit on source frames' features, (n frames, features); needs at least 4 frames.
 
         ``members`` (seed -> weights sha256, :func:`member_fingerprint`) records which members made the features.
@@ -438,11 +459,15 @@ def _check_members(fitted: dict[str, str], current: dict[str, str], path: Path) 
     )
 
 
-def fit_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> ShiftDetector:
-    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated frames of the training ``domain``, recording the members it was fitted on."""
+def fit_shift_detector(
+    ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
+) -> ShiftDetector:
+    """A :class:`ShiftDetector` fitted on ``n_images`` fresh simulated frames of the training ``domain``, recording the members it was fitted on.
+
+    Its limit flags a share ``false_alarm_rate`` of fresh frames of that domain."""
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     features = ensemble.features(data.images, sampling_A_per_px=data.conditions.sampling_A_per_px)
-    return ShiftDetector.fit(features, members=member_fingerprint(ensemble))
+    return ShiftDetector.fit(features, false_alarm_rate, members=member_fingerprint(ensemble))
 
 
 def ensure_shift_detector(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> tuple[ShiftDetector, bool]:
@@ -513,6 +538,19 @@ def tune_classical(images: np.ndarray, truth: list[np.ndarray], sampling_A_per_p
     return best, best_f1
 
 
+def tune_classical_on_source(n_images: int, seed: int, image_size_px: int, tolerance_A: float = 0.5, border_A: float = 0.5) -> tuple[ClassicalFinder, float]:
+    """:func:`tune_classical` on ``n_images`` fresh simulated source frames: the finder and its F1 there.
+
+    >>> finder, f1 = tune_classical_on_source(1, seed=3, image_size_px=48)
+    >>> f1 > 0.8
+    True
+    """
+    data = dataset("source", n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
+    truth = [data.coordinates(i)[:, :2] for i in range(len(data))]
+    score = {"tolerance_A": tolerance_A, "frame_shape": data.images.shape[1:], "border_A": border_A}
+    return tune_classical(data.images, truth, data.conditions.sampling_A_per_px, score)
+
+
 # --------------------------------------------------------------------------- sweeps
 
 
@@ -579,12 +617,13 @@ def evaluate_point(
     seed: int,
     image_size_px: int,
     finder: ClassicalFinder,
-    detector: ShiftDetector,
+    detector: ShiftDetector | None,
     tolerance_A: float = 0.5,
     border_A: float = 0.5,
 ) -> SweepPoint:
     """Simulate ``n_images`` frames at one sweep point; score the ensemble, its members and the
-    baseline, and each frame's shift score (``detector``) and mean mutual information."""
+    baseline, and each frame's shift score (``detector``; nan and not flagged without one) and
+    mean mutual information."""
     domain = shifted_domain(axis, value)
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     sampling = data.conditions.sampling_A_per_px
@@ -598,7 +637,11 @@ def evaluate_point(
     rng = np.random.default_rng(seed)
     pick = rng.choice(prediction.mean.size, size=min(20000, prediction.mean.size), replace=False)
     example = {"image": data.images[0], "variance": prediction.variance[0], "mutual_information": prediction.mutual_information[0], "mean": prediction.mean[0]}
-    features = ensemble.features(data.images, sampling_A_per_px=sampling)
+    if detector is not None:
+        features = ensemble.features(data.images, sampling_A_per_px=sampling)
+        shift_scores, flagged = detector.score(features), detector.flags(features)
+    else:
+        shift_scores, flagged = np.full(len(data), np.nan), np.zeros(len(data), bool)
     return SweepPoint(
         axis,
         value,
@@ -606,8 +649,8 @@ def evaluate_point(
         [pool_scores(frames) for frames in member_frames],
         classical,
         prediction.mutual_information.mean(axis=(1, 2)),
-        detector.score(features),
-        detector.flags(features),
+        shift_scores,
+        flagged,
         np.concatenate([t.mutual_information for t in tables]),
         np.concatenate([t.entropy for t in tables]),
         correct,
@@ -670,16 +713,165 @@ def sweep(
     seed: int,
     image_size_px: int,
     finder: ClassicalFinder,
-    detector: ShiftDetector,
+    detector: ShiftDetector | None,
     values: tuple[float, ...] | None = None,
+    tolerance_A: float = 0.5,
+    border_A: float = 0.5,
 ) -> list[SweepPoint]:
-    """Evaluate ``ensemble`` at every value of ``axis`` (default: :data:`SWEEP_AXES`'s values)."""
+    """Evaluate ``ensemble`` at every value of ``axis`` (default: :data:`SWEEP_AXES`'s values),
+    atoms scored within ``tolerance_A`` and outside a ``border_A`` band along the frame's edge.
+
+    Point ``i`` is simulated from seed ``seed + 17 i``, so two sweeps from one seed image the
+    same specimens; ``detector`` None leaves the frames' shift scores out (nan)."""
     values = values or SWEEP_AXES[axis][1]
-    return [evaluate_point(ensemble, axis, v, n_images, seed + 17 * i, image_size_px, finder, detector) for i, v in enumerate(values)]
+    return [evaluate_point(ensemble, axis, v, n_images, seed + 17 * i, image_size_px, finder, detector, tolerance_A, border_A) for i, v in enumerate(values)]
+
+
+#: Fields of a :class:`SweepPoint` that are plain arrays (stored as they are by :func:`cached_sweeps`).
+_POINT_ARRAYS = tuple(f.name for f in dataclasses.fields(SweepPoint) if f.name not in ("axis", "value", "ensemble", "members", "classical", "example"))
+_SWEEPS_FORMAT = 1
+
+
+def _scores_array(scores: list[DetectionScores]) -> np.ndarray:
+    return np.array([dataclasses.astuple(s) for s in scores], float).reshape(-1, len(dataclasses.fields(DetectionScores)))
+
+
+def _scores_from_array(rows: np.ndarray) -> list[DetectionScores]:
+    return [DetectionScores(int(r[0]), int(r[1]), int(r[2]), *map(float, r[3:])) for r in np.atleast_2d(rows)]
+
+
+def sweeps_to_arrays(points: dict[str, list[SweepPoint]]) -> dict[str, np.ndarray]:
+    """Every sweep point as plain numeric arrays named ``axis.index.field`` (what :func:`cached_sweeps` stores: no pickle).
+
+    :func:`sweeps_from_arrays` turns them back into the same points.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for axis, sweep_points in points.items():
+        for i, p in enumerate(sweep_points):
+            name = f"{axis}.{i}."
+            arrays[name + "value"] = np.array(p.value, float)
+            arrays[name + "ensemble"] = _scores_array([p.ensemble])
+            arrays[name + "members"] = _scores_array(p.members)
+            arrays[name + "classical"] = _scores_array([p.classical])
+            arrays.update({name + key: np.asarray(getattr(p, key)) for key in _POINT_ARRAYS})
+            arrays.update({f"{name}example.{key}": np.asarray(v) for key, v in p.example.items()})
+    return arrays
+
+
+def sweeps_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, list[SweepPoint]]:
+    """The sweep points that :func:`sweeps_to_arrays` stored, in their order."""
+    entries: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for name, array in arrays.items():
+        axis, index, key = name.split(".", 2)
+        entries.setdefault(axis, {}).setdefault(int(index), {})[key] = array
+    points = {}
+    for axis, by_index in entries.items():
+        points[axis] = []
+        for index in sorted(by_index):
+            a = by_index[index]
+            example = {key.removeprefix("example."): v for key, v in a.items() if key.startswith("example.")}
+            (ensemble,), (classical,) = _scores_from_array(a["ensemble"]), _scores_from_array(a["classical"])
+            fields = {key: a[key] for key in _POINT_ARRAYS}
+            points[axis].append(SweepPoint(axis, float(a["value"]), ensemble, _scores_from_array(a["members"]), classical, example=example, **fields))
+    return points
+
+
+def sweep_seed(seed: int, axis: str) -> int:
+    """The seed :func:`cached_sweeps` simulates ``axis`` from: ``seed + 3000 + 100 k`` for axis number ``k`` of :data:`SWEEP_AXES`.
+
+    >>> sweep_seed(0, "dose"), sweep_seed(0, "defocus")
+    (3000, 3200)
+    """
+    return seed + 3000 + 100 * list(SWEEP_AXES).index(axis)
+
+
+def _detector_fingerprint(detector: ShiftDetector) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(detector.mean, float).tobytes())
+    digest.update(np.ascontiguousarray(detector.precision_matrix, float).tobytes())
+    digest.update(repr(float(detector.limit)).encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_sweeps(
+    ensemble: object,
+    profile: object,
+    seed: int,
+    finder: ClassicalFinder,
+    detector: ShiftDetector,
+    tolerance_A: float = 0.5,
+    border_A: float = 0.5,
+    axes: tuple[str, ...] | None = None,
+) -> dict[str, list[SweepPoint]]:
+    """The sweeps of notebook 03 (every axis of :data:`SWEEP_AXES`, or ``axes``): from the cache, or run and cached.
+
+    Each axis is simulated from :func:`sweep_seed` with ``profile.n_ood_images_per_point`` frames of ``profile.image_size_px`` per point. The entry
+    lives in ``<cache>/sweeps/<hash>.npz`` (plain arrays, read without unpickling) with a JSON
+    record beside it; the hash covers the ensemble (its folder and every member's weights
+    sha256), the profile, the seed, the axes and the domains they simulate, the simulator
+    version, the classical finder, the shift detector and the scoring tolerance and border. So
+    notebook 04 opened after 03 reuses 03's sweeps, and opened alone recomputes them.
+    """
+    from .cache import cached_arrays
+    from .config import get_profile
+    from .simulate import SIMULATOR_VERSION
+
+    chosen = get_profile(profile)
+    axes = tuple(axes or SWEEP_AXES)
+    key = {
+        "format": _SWEEPS_FORMAT,
+        "ensemble": {"folder": Path(ensemble.folder).name, "members": member_fingerprint(ensemble)},
+        "profile": chosen.as_dict(),
+        "seed": seed,
+        "axes": {axis: SWEEP_AXES[axis] for axis in axes},
+        "domains": [shifted_domain(axis, value) for axis in axes for value in SWEEP_AXES[axis][1]],
+        "simulator_version": SIMULATOR_VERSION,
+        "finder": finder,
+        "detector": _detector_fingerprint(detector),
+        "scoring": {"tolerance_A": tolerance_A, "border_A": border_A},
+    }
+
+    def build() -> dict[str, np.ndarray]:
+        size, n = chosen.image_size_px, chosen.n_ood_images_per_point
+        return sweeps_to_arrays({axis: sweep(ensemble, axis, n, sweep_seed(seed, axis), size, finder, detector, None, tolerance_A, border_A) for axis in axes})
+
+    return sweeps_from_arrays(cached_arrays("sweeps", key, build))
+
+
+def sweep_table(points: dict[str, list[SweepPoint]], summary: dict | None = None) -> object:
+    """The F1 of every sweep point as a markdown table (displayed in a notebook): the ensemble,
+    its best and median member and the classical finder; with ``summary`` (:func:`summarise`)
+    also the ensemble's lead over the median member with its 95 % bootstrap interval, and a
+    verdict when the whole interval lies on one side of zero.
+
+    >>> from types import SimpleNamespace as Point
+    >>> point = Point(axis="dose", value=1e4, ensemble=Point(f1=0.9), member_f1=np.array([0.8, 0.85, 0.7]), classical=Point(f1=0.6))
+    >>> print(sweep_table({"dose": [point]}).data.splitlines()[2])
+    | dose | 1e+04 | 0.900 | 0.850 | 0.800 | 0.600 |
+    >>> summary = {"ensemble_minus_median_interval": {"dose=10000": (0.05, 0.15)}}
+    >>> print(sweep_table({"dose": [point]}, summary).data.splitlines()[2])
+    | dose | 1e+04 | 0.900 | 0.850 | 0.800 | 0.600 | +0.100 [+0.050, +0.150] | better |
+    """
+    from .report import markdown_table
+
+    header = ["axis", "value", "ensemble F1", "best member", "median member", "classical"]
+    header += ["ensemble - median (95 % interval)", "verdict"] if summary else []
+    rows = []
+    for axis, sweep_points in points.items():
+        for p in sweep_points:
+            median = float(np.median(p.member_f1))
+            row = [axis, f"{p.value:.3g}", f"{p.ensemble.f1:.3f}", f"{p.member_f1.max():.3f}", f"{median:.3f}", f"{p.classical.f1:.3f}"]
+            if summary:
+                low, high = summary["ensemble_minus_median_interval"][f"{axis}={p.value:g}"]
+                verdict = "better" if low > 0 else ("worse" if high < 0 else "tie")
+                row += [f"{p.ensemble.f1 - median:+.3f} [{low:+.3f}, {high:+.3f}]", verdict]
+            rows.append(row)
+    return markdown_table(rows, header)
 
 
 def summarise(points: list[SweepPoint]) -> dict:
-    """The numbers notebook 03 reports: ensemble vs members, error detection, shift detection, calibration."""
+    """The numbers notebooks 03 and 04 report: ensemble vs members, error detection, shift detection, calibration."""
     source = [p for p in points if _is_source(p)]
     shifted = [p for p in points if not _is_source(p)]
     ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]

@@ -23,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +164,36 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def markdown_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> Any:
+    """A markdown table displayed by the code that holds its values (``IPython.display.Markdown``).
+
+    A notebook's "What we found" and its "paper vs ELIT Lab" box are tables made here from
+    measured or configured values, so the text can never disagree with the run. Columns after
+    holding only numbers (units after a number allowed, "0.981", "12 s"; or "n/a") are right-aligned.
+
+    >>> table = markdown_table([("held-out F1, ensemble", "0.981")], header=("finding", "measured"))
+    >>> table.data.splitlines()[1:3]
+    ['| --- | ---: |', '| held-out F1, ensemble | 0.981 |']
+    """
+    from IPython.display import Markdown
+
+    for row in rows:
+        if len(row) != len(header):
+            raise BadValueError(f"markdown_table: row {tuple(row)!r} has {len(row)} cells but the header has {len(header)}.")
+    numeric = [all(re.match(r"[-+]?[\d.]+(e[-+]?\d+)?( |%|x|$)|(n/a|—|-)?$", str(row[column]).strip()) for row in rows) for column in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join(" ---: |" if is_number else " --- |" for is_number in numeric)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
 #: Sections of metrics.json by notebook: (notebook number, title, headline keys).
 SECTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "01_simulate": ("01", "Simulating STEM images", ("frames_256px_per_second", "cc_bond_median_A", "recorded_over_expected_counts")),
     "02_ensemble": ("02", "Training an ensemble", ("ensemble_f1", "ensemble_rmse_A", "member_f1")),
-    "ood": ("03", "Out of distribution", ("ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc", "shift_score_auroc")),
-    "iterate": ("04", "Iterative training", ("target_domain", "f1_per_round", "uncertainty_per_round", "final_f1_plain", "final_f1_single_network")),
-    "uncertainty": ("05", "Seeing uncertainty", ("atom_entropy_limit_nats", "kept_precision_on_fresh_frames", "kept_fraction_on_fresh_frames")),
+    "ood": ("03", "Out of distribution", ("ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc")),
+    "calibration_and_shift": ("04", "Calibration and shift detection", ("ece_source", "ece_shifted", "shift_score_auroc", "source_frames_flagged_fraction")),
+    "iterate": ("05", "Iterative training", ("target_domain", "f1_per_round", "uncertainty_per_round", "final_f1_plain", "final_f1_single_network")),
+    "uncertainty": ("06", "Seeing uncertainty", ("atom_entropy_limit_nats", "kept_precision_on_fresh_frames", "kept_fraction_on_fresh_frames")),
 }
 
 

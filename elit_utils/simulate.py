@@ -642,12 +642,17 @@ class SimulatedDataset:
         return np.stack([self.label_mask == 1, self.label_mask == 2], axis=1)
 
 
+#: Radius of the disc that labels each atom in a training mask, Å, for C and for Si: about a quarter
+#: of the C-C bond, so the discs of neighbours never touch (the paper's discs: about 2.5 px).
+MASK_RADIUS_A: tuple[float, float] = (0.35, 0.35)
+
+
 def dataset(
     domain: str | Domain,
     n: int,
     seed: int = 0,
     image_size_px: int | None = None,
-    mask_radius_A: tuple[float, float] = (0.35, 0.35),
+    mask_radius_A: tuple[float, float] = MASK_RADIUS_A,
     cache: bool = True,
 ) -> SimulatedDataset:
     """Simulate ``n`` frames of ``domain`` (seeded: same seed, same frames).

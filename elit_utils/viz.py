@@ -388,9 +388,9 @@ def plot_shift_scores(
     return fig
 
 
-METHOD_STYLES = {  # one style per adaptation method, told apart in greyscale by line style and marker
-    "ELIT": {"color": "black", "lw": 2.4, "marker": "o", "ls": "-"},
-    "plain": {"color": "#1b9e77", "lw": 1.6, "marker": "s", "ls": "--"},
+METHOD_STYLES = {  # one style per adaptation method (elit_utils.iterate.METHODS), told apart in greyscale by line style and marker
+    "uncertainty-masked": {"color": "black", "lw": 2.4, "marker": "o", "ls": "-"},
+    "paper (threshold 0.5)": {"color": "#1b9e77", "lw": 1.6, "marker": "s", "ls": "--"},
     "single network": {"color": "#7570b3", "lw": 1.6, "marker": "^", "ls": "-."},
     "no adaptation": {"color": "0.55", "lw": 1.2, "marker": "", "ls": ":"},
     "true labels": {"color": "#d95f02", "lw": 1.2, "marker": "*", "ls": (0, (1, 3))},
@@ -437,13 +437,13 @@ def show_pseudo_labels(
 def plot_adaptation(histories: dict[str, list[dict]]) -> Figure:
     """F1 (left) and mean mutual information of the frames (right) per round, one line per method.
 
-    ``histories`` maps a method (``ELIT``, ``plain``, ``single network``, ``no adaptation``,
-    ``true labels``) to its rows from :func:`~elit_utils.iterate.adapt`; a one-row history
-    (no adaptation) is drawn level across all rounds.
+    ``histories`` maps a method (``uncertainty-masked``, ``paper (threshold 0.5)``, ``single network``,
+    ``no adaptation``, ``true labels``: :data:`elit_utils.iterate.METHODS`) to its rows from
+    :func:`~elit_utils.iterate.adapt`; a one-row history (no adaptation) is drawn level across all rounds.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> rows = [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]
-    >>> [ax.get_ylabel() for ax in plot_adaptation({"ELIT": rows, "no adaptation": rows[:1]}).axes]
+    >>> [ax.get_ylabel() for ax in plot_adaptation({"uncertainty-masked": rows, "no adaptation": rows[:1]}).axes]
     ['F1 (atoms within 0.5 Å)', 'mean mutual information (nats)']
     """
     last_round = max(row["round"] for rows in histories.values() for row in rows)

@@ -14,7 +14,10 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
+import time
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -33,6 +36,92 @@ MAPS = {
     "mutual information": ("mutual_information", "viridis"),
 }
 ATOM_UNCERTAINTIES = {"predictive entropy": "entropy", "mutual information": "mutual_information"}
+#: What each map of :data:`MAPS` shows, and its unit and range (the legend of the explorer and the dashboard).
+MAP_LEGEND = {
+    "mean probability": ("the members' mean probability that a pixel belongs to an atom", "probability, 0 to 1 (no unit)"),
+    "variance": ("the variance of the members' probabilities: how much they disagree (the paper's uncertainty map)", "probability², 0 to 0.25"),
+    "predictive entropy": (
+        "the entropy of the mean probability: all the uncertainty, highest where the mean is 0.5, "
+        "from noise in the data (aleatoric) and from disagreement (epistemic)",
+        "nats, 0 to ln 2 = 0.693",
+    ),
+    "mutual information": (
+        "the predictive entropy minus the members' mean entropy: only the part from their disagreement (epistemic)",
+        "nats, 0 to ln 2 = 0.693",
+    ),
+}
+#: The colour-bar label of each map of :data:`MAPS`, with its unit.
+MAP_UNITS = {
+    "mean probability": "probability of 'atom' (0-1)",
+    "variance": "variance (probability²)",
+    "predictive entropy": "entropy (nats)",
+    "mutual information": "mutual information (nats)",
+}
+#: How long training an ensemble takes on a first run, per profile (the dashboard's status line).
+TRAINING_TIME = {"smoke": "under a minute", "quick": "a few minutes on a laptop CPU", "paper": "long without a GPU"}
+
+
+def map_legend() -> widgets.HTML:
+    """A legend of the uncertainty explorer: what each map shows, its unit, and the marks on the image.
+
+    >>> "nats" in map_legend().value
+    True
+    """
+    cell = "<td style='text-align:left'>{}</td>"
+    head = "".join(cell.format(f"<b>{name}</b>") for name in ("map", "what it shows", "unit and range"))
+    rows = "".join(f"<tr>{cell.format(f'<b>{name}</b>')}{cell.format(meaning)}{cell.format(unit)}</tr>" for name, (meaning, unit) in MAP_LEGEND.items())
+    marks = (
+        "<p>Left panel: the frame, the atoms kept as rings coloured by their uncertainty (averaged over each atom's "
+        "footprint, nats), the atoms dropped by the limit as orange crosses, the chosen atom circled in red. "
+        "Middle: the chosen map, with its colour bar. Right: each network's peak probability for the chosen atom "
+        "(a bar above the dashed line is a vote for an atom).</p>"
+    )
+    return widgets.HTML(f"<table><tr>{head}</tr>{rows}</table>{marks}")
+
+
+class StatusLine:
+    """One line that says what a dashboard is doing (loading, training, predicting, ready).
+
+    Display ``widget`` first and call :meth:`update` as the work goes on; ``messages`` keeps
+    every message shown (for tests and logs).
+
+    >>> status = StatusLine("Starting...")
+    >>> status.update("Ready", done=True)
+    >>> status.messages, "Ready" in status.widget.value
+    (['Starting...', 'Ready'], True)
+    """
+
+    def __init__(self, message: str = "Starting...") -> None:
+        self.widget = widgets.HTML()
+        self.messages: list[str] = []
+        self.update(message)
+
+    def update(self, message: str, done: bool = False) -> None:
+        """Show ``message`` (with a check mark when ``done``, else an hourglass)."""
+        self.messages.append(message)
+        self.widget.value = f"<b>{'✔' if done else '⏳'}</b> {html.escape(message)}"
+
+
+def _files(folder: Path) -> set[tuple[str, int]]:
+    """The files under ``folder`` with their sizes (to tell whether something was written there)."""
+    return {(str(path), path.stat().st_size) for path in folder.rglob("*") if path.is_file()} if folder.is_dir() else set()
+
+
+def ensemble_with_status(status: StatusLine, profile: object, seed: int = 0, domain: str = "source") -> object:
+    """The profile's cached ensemble (:func:`~elit_utils.ensemble.cached_ensemble`), saying on
+    ``status`` that it loads or, on a first run, trains, and then which of the two it did and how long it took."""
+    from .cache import cache_dir
+    from .ensemble import cached_ensemble
+
+    folder = cache_dir() / "ensembles"
+    before = _files(folder)
+    when = TRAINING_TIME.get(profile.name, "a while")
+    status.update(f"Loading the ensemble ({profile.n_members} networks, {profile.name} profile) from the cache; on a first run it is trained first ({when})...")
+    start = time.perf_counter()
+    model = cached_ensemble(profile, domain=domain, seed=seed, progress=False)
+    how = "trained on this first run (and cached)" if _files(folder) != before else "loaded from the cache"
+    status.update(f"Ensemble of {model.n_members} networks {how} in {time.perf_counter() - start:.1f} s.")
+    return model
 
 
 def _show(output: widgets.Output, fig: object) -> None:
@@ -178,6 +267,8 @@ class UncertaintyExplorer:
     to threshold and the threshold (atoms above it are dropped: the text gives how many are kept
     and, with ground truth, the F1 of the kept atoms), and an atom (most uncertain first) whose
     members' votes are drawn. Atoms are found once per frame, so every update only slices arrays.
+    ``legend`` says what the chosen map shows, in which unit (:data:`MAP_LEGEND`); the map's
+    colour bar names its unit too.
     """
 
     def __init__(self, frames: dict[str, tuple[np.ndarray, object, np.ndarray | None]], tolerance_A: float = 0.5) -> None:
@@ -190,11 +281,13 @@ class UncertaintyExplorer:
         self.measure = widgets.Dropdown(options=list(ATOM_UNCERTAINTIES), description="atom uncertainty", style=style)
         self.threshold = widgets.FloatSlider(value=0.7, min=0.0, max=0.7, step=0.005, readout_format=".3f", description="keep atoms ≤ (nats)", style=style)
         self.atom = widgets.IntSlider(value=0, min=0, max=0, description="atom (most uncertain first)", style=style)
+        self.legend = widgets.HTML()
         self.summary = widgets.HTML()
         self.output = widgets.Output()
         for control in (self.frame, self.map, self.measure, self.threshold, self.atom):
             control.observe(self._redraw, names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.frame, self.measure]), self.map, widgets.HBox([self.threshold, self.atom]), self.summary, self.output])
+        rows = [widgets.HBox([self.frame, self.measure]), self.map, widgets.HBox([self.threshold, self.atom]), self.summary, self.legend, self.output]
+        self.widget = widgets.VBox(rows)
         self._redraw()
 
     def _uncertainty(self) -> np.ndarray:
@@ -236,6 +329,8 @@ class UncertaintyExplorer:
         kept = self.kept()
         chosen = self.selected_atom()
         self.summary.value = self._describe(atoms, kept, truth, prediction.sampling_A_per_px)
+        meaning, unit = MAP_LEGEND[self.map.value]
+        self.legend.value = f"<i>{self.map.value}</i>: {meaning} ({unit})."
         key, cmap = MAPS[self.map.value]
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1.15, 1.15, 0.8]})
         uncertainty = self._uncertainty()
@@ -252,7 +347,7 @@ class UncertaintyExplorer:
         )
         axes[0].scatter(atoms.cols_px[~kept], atoms.rows_px[~kept], marker="x", s=18, color="#d95f02", label="dropped")
         shown = axes[1].imshow(getattr(prediction, key), cmap=cmap, vmin=0)
-        fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04).set_label("probability" if key == "mean" else "nats" if key != "variance" else "variance")
+        fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04).set_label(MAP_UNITS[self.map.value])
         axes[1].set_title(self.map.value, fontsize=10)
         axes[1].set_xticks([])
         axes[1].set_yticks([])

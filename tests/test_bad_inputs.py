@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from elit_utils import io, locate, report, simulate
+from elit_utils import ensemble, io, locate, report, simulate
 from elit_utils.cli import main
 from elit_utils.errors import BadImageError, BadValueError
 
@@ -446,6 +446,9 @@ API_CASES: dict[str, ApiCase] = {
     "check_sampling nan": ApiCase(lambda d: io.check_sampling(float("nan")), BadValueError, "sampling_A_per_px=nan"),
     "check_sampling text": ApiCase(lambda d: io.check_sampling("0.1 A"), BadValueError, "'0.1 A' is not a number"),
     "parse_sampling furlongs": ApiCase(lambda d: io.parse_sampling("3 furlongs"), BadValueError, "'3 furlongs' is not a pixel size"),
+    "checked_images channel axis": ApiCase(
+        lambda d: ensemble.checked_images(np.zeros((64, 64, 1))), BadImageError, "(64, 64, 1): a channel axis? pass image[..., 0]"
+    ),
     "find_atoms threshold 2": ApiCase(lambda d: locate.find_atoms(np.zeros((16, 16)), threshold=2), ValueError, "threshold must lie strictly between 0 and 1"),
     "find_atoms threshold nan": ApiCase(lambda d: locate.find_atoms(np.zeros((16, 16)), threshold=float("nan")), ValueError, "got nan"),
     "find_atoms 3D map": ApiCase(lambda d: locate.find_atoms(np.zeros((2, 16, 16))), ValueError, "one 2D probability map"),

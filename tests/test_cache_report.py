@@ -73,15 +73,15 @@ def test_summary_lists_numbers_and_figures(tmp_path):
     fig = plt.figure()
     report.save_figure(fig, "01_demo", results=tmp_path)
     report.record_metrics("iterate", {"f1_per_round": [0.7, 0.9], "other": 1}, profile="quick", results=tmp_path)
-    report.save_figure(fig, "04_demo", results=tmp_path)
+    report.save_figure(fig, "05_demo", results=tmp_path)
     report.save_figure(fig, "zz_loose", results=tmp_path)
     text = report.write_summary(tmp_path).read_text()
     assert "| atoms | 140 |" in text and "| ratio | 0.9999 |" in text
     assert "(figures/01_demo.png)" in text and (tmp_path / "figures" / "01_demo.png").stat().st_size > 0
     headlines = text.split("## Headlines")[1].split("\n## ")[0]
-    assert "| 04 Iterative training | f1_per_round | [0.7, 0.9] | quick |" in headlines and "other" not in headlines
-    iterate_section = text.split("## iterate: notebook 04, Iterative training")[1].split("\n## ")[0]
-    assert "![04_demo](figures/04_demo.png)" in iterate_section and "01_demo" not in iterate_section
+    assert "| 05 Iterative training | f1_per_round | [0.7, 0.9] | quick |" in headlines and "other" not in headlines
+    iterate_section = text.split("## iterate: notebook 05, Iterative training")[1].split("\n## ")[0]
+    assert "![05_demo](figures/05_demo.png)" in iterate_section and "01_demo" not in iterate_section
     assert text.index("## 01_simulate") < text.index("## iterate") < text.index("## Other figures") < text.index("zz_loose")
 
 

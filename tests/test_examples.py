@@ -268,3 +268,13 @@ def test_the_shared_copies_are_used_offline(monkeypatch):
     monkeypatch.setenv("ELIT_OFFLINE", "1")
     example = load_example("G-Si-2nm")
     assert example is not None and example.path == EXPERIMENTAL / "G-Si-2nm.npy" and _cache_files() == []
+
+
+def test_a_named_experimental_folder_is_obeyed_even_when_missing(tmp_path, monkeypatch):
+    """$ELIT_EXPERIMENTAL_DIR naming no folder means "no local images", not "look elsewhere" (../shared)."""
+    from elit_utils.io import experimental_dir
+
+    monkeypatch.setenv("ELIT_EXPERIMENTAL_DIR", str(tmp_path / "missing"))
+    assert experimental_dir() is None
+    monkeypatch.setenv("ELIT_EXPERIMENTAL_DIR", str(tmp_path))
+    assert experimental_dir() == tmp_path

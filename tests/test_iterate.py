@@ -29,9 +29,9 @@ def test_pseudo_labels_keep_confident_atoms_and_mask_the_rest():
     mask, weight, count = iterate.pseudo_labels(prediction, iterate.AdaptConfig(confident_mi_nats=0.1), 0.1)
     assert count == 1 and mask[5, 5] and not mask[19, 19]
     assert not weight[19, 19] and not weight[12, 25] and weight[28, 2] and weight[5, 5]
-    plain = iterate.AdaptConfig(mask_uncertain=False, threshold=0.25)
-    plain_mask, plain_weight, plain_count = iterate.pseudo_labels(prediction, plain, 0.1)
-    assert plain_count == 3 and plain_mask[19, 19] and plain_weight.all()  # the paper's plain scheme: every blob is a label
+    paper = iterate.AdaptConfig(mask_uncertain=False, threshold=0.25)
+    paper_mask, paper_weight, paper_count = iterate.pseudo_labels(prediction, paper, 0.1)
+    assert paper_count == 3 and paper_mask[19, 19] and paper_weight.all()  # the paper's scheme: every blob above the threshold is a label
 
 
 def test_adapt_writes_rounds_and_history_and_resumes(setup_data, tmp_path, monkeypatch):
@@ -75,13 +75,41 @@ def test_baselines_run_in_the_same_harness(setup_data, tmp_path):
     histories = iterate.compare_with_baselines(
         model, target.images, 0.1, tmp_path, FAST, truth, (source.images, source.atom_mask), true_masks=target.atom_mask, progress=False
     )
-    assert set(histories) == {"ELIT", "plain", "single network", "no adaptation", "true labels"}
-    assert histories["no adaptation"] == histories["ELIT"][:1]
+    assert set(histories) == {"uncertainty-masked", "paper (threshold 0.5)", "single network", "no adaptation", "true labels"} == set(iterate.METHODS)
+    assert histories["no adaptation"] == histories[iterate.MASKED][:1]
     assert all("f1" in row for rows in histories.values() for row in rows)
-    plain = json.loads((tmp_path / "plain" / "round_1" / "ensemble.json").read_text())
-    assert plain["training"]["adapt"]["mask_uncertain"] is False
-    assert Ensemble.load(tmp_path / "single" / "round_1").n_members == 1
+    paper = json.loads((iterate.round_folder(tmp_path, iterate.PAPER, 1) / "ensemble.json").read_text())
+    assert paper["training"]["adapt"]["mask_uncertain"] is False and paper["training"]["adapt"]["threshold"] == iterate.PAPER_THRESHOLD
+    assert Ensemble.load(iterate.round_folder(tmp_path, "single network", 1)).n_members == 1
     assert histories["true labels"][-1]["round"] == FAST.rounds
+
+
+def test_a_round_written_out_is_the_harness_round_one(setup_data, tmp_path, monkeypatch):
+    """fine_tune into round_folder(out) does what adapt's round 1 does, so the harness loads it instead of training again."""
+    model, source, target = setup_data
+    one = dataclasses.replace(FAST, rounds=1)
+    labels = [iterate.pseudo_labels(model.predict(frame), one, 0.1) for frame in target.images]
+    tuned = iterate.fine_tune(model, target.images, labels, iterate.round_folder(tmp_path), one, (source.images, source.atom_mask), progress=False)
+    assert tuned.n_members == model.n_members
+    calls = []
+    real = iterate._train_pack
+    monkeypatch.setattr(iterate, "_train_pack", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    histories = iterate.compare_with_baselines(
+        model, target.images, 0.1, tmp_path, one, None, (source.images, source.atom_mask), methods=(iterate.MASKED,), progress=False
+    )
+    assert calls == [] and len(histories[iterate.MASKED]) == 2
+    with pytest.raises(ValueError, match="2 frames but 1 labels"):
+        iterate.fine_tune(model, target.images, labels[:1], tmp_path / "other", one, progress=False)
+
+
+def test_method_names_agree_everywhere():
+    from elit_utils.config import PROFILES
+    from elit_utils.viz import METHOD_STYLES
+
+    assert set(METHOD_STYLES) == set(iterate.METHODS)
+    assert f"paper (threshold {iterate.PAPER_THRESHOLD:g})" == iterate.PAPER and iterate.AdaptConfig().threshold == iterate.PAPER_THRESHOLD
+    for profile in PROFILES.values():
+        assert iterate.MASKED in profile.adapt_methods and set(profile.adapt_methods) <= set(iterate.METHODS)
 
 
 def test_subset_keeps_the_first_members(setup_data):

@@ -146,6 +146,12 @@ def test_members_of_another_training_are_refused(model, trained, tmp_path, data)
     _refused(model, r"member_0007.json is not one of this ensemble's members \(ensemble.json lists seeds 0-2\); move member_0007")
 
 
+def test_an_edited_record_is_blamed_not_the_members(model):
+    """When ensemble.json disagrees with every member and they agree with each other, ensemble.json was edited."""
+    _edit_record(model, lambda record: record["architecture"].update(nb_filters=8))
+    _refused(model, r"ensemble.json disagrees with all 3 members on architecture.*put back what the members record: architecture = \{.*\"nb_filters\": 4")
+
+
 def test_a_backup_copy_is_not_a_member(model, capsys):
     shutil.copy(model / "member_0001.safetensors", model / "member_0001_old.safetensors")
     shutil.copy(model / "member_0001.json", model / "member_0001.json.bak")

@@ -5,6 +5,7 @@ Running each notebook alone and cold, from the built wheel in a fresh environmen
 """
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -33,7 +34,28 @@ def test_notebook_follows_the_skeleton(path):
         assert heading in markdown
     assert "record_metrics(" in code
     assert "../" not in code.replace("../shared", ""), "no repository-relative paths in notebook code"
-    assert max(len(c.source.splitlines()) for c in nb.cells if c.cell_type == "code") <= 16
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_fits_a_class_sitting(path):
+    """At most 30 cells, 1,000 words of prose (before the references, code blocks aside) and 15 lines per code cell."""
+    nb = nbformat.read(path, as_version=4)
+    assert len(nb.cells) <= 30
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown").split("## References")[0]
+    prose = re.sub(r"^\s*(```|~~~).*?^\s*\1", " ", prose, flags=re.M | re.S)  # code in solutions is not prose
+    assert len(re.findall(r"[A-Za-z0-9]+(?:['’][a-z]+)?", prose)) <= 1000
+    longest = max((len(c.source.splitlines()), i) for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert longest[0] <= 15, f"code cell {longest[1]} has {longest[0]} lines"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_come_with_hidden_solutions(path):
+    """Each exercise under "Try it yourself" has a solution the reader opens (a <details> block)."""
+    nb = nbformat.read(path, as_version=4)
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    exercises = markdown.split("## Try it yourself")[1].split("\n## ")[0]
+    n_exercises = len(re.findall(r"^\d+\. ", exercises, re.M))
+    assert n_exercises >= 1 and exercises.count("<details>") >= n_exercises and exercises.count("</details>") == exercises.count("<details>")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -231,3 +231,56 @@ def test_a_detector_records_the_members_it_was_fitted_on(tmp_path, capsys):
     old.save(path)
     assert ood.ShiftDetector.load(path).members is None
     assert "does not record the members it was fitted on" in capsys.readouterr().out
+
+
+def test_cached_sweeps_are_stored_as_plain_arrays_and_reused(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+    import pickle
+
+    from elit_utils.cache import cache_dir
+    from elit_utils.config import PROFILES, to_jsonable
+
+    model = tiny_ensemble(tmp_path / "model", 2)
+    detector = ood.fit_shift_detector(model, 5, 1, 32)
+    profile = dataclasses.replace(PROFILES["smoke"], image_size_px=32, n_ood_images_per_point=2)
+    finder = ood.ClassicalFinder()
+
+    def same(a, b):  # detection scores equal, nan (no matches: no position error) equal to nan
+        return np.array_equal([dataclasses.astuple(x) for x in a], [dataclasses.astuple(x) for x in b], equal_nan=True)
+
+    first = ood.cached_sweeps(model, profile, 0, finder, detector, axes=("dose", "drift"))
+    # the same points as a plain sweep from the documented seed
+    direct = ood.sweep(model, "drift", 2, ood.sweep_seed(0, "drift"), 32, finder, detector)
+    assert list(first) == ["dose", "drift"] and [p.value for p in first["dose"]] == list(ood.SWEEP_AXES["dose"][1])
+    for stored, fresh in zip(first["drift"], direct):
+        assert same([stored.ensemble, stored.classical], [fresh.ensemble, fresh.classical]) and same(stored.members, fresh.members)
+        assert np.array_equal(stored.atom_entropy, fresh.atom_entropy) and np.array_equal(stored.frame_shift_scores, fresh.frame_shift_scores)
+        assert stored.example.keys() == fresh.example.keys() and np.array_equal(stored.example["image"], fresh.example["image"])
+    entries = sorted((cache_dir() / "sweeps").glob("*.npz"))
+    assert len(entries) == 1 and entries[0].with_suffix(".json").exists()
+    # read back without unpickling and without sweeping again
+    with monkeypatch.context() as patch:
+        patch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickling was attempted"))
+        patch.setattr(ood, "sweep", lambda *a, **k: pytest.fail("the cached sweeps were recomputed"))
+        again = ood.cached_sweeps(model, profile, 0, finder, detector, axes=("dose", "drift"))
+    assert same([again["dose"][1].ensemble], [first["dose"][1].ensemble]) and again["dose"][1].example.keys() == first["dose"][1].example.keys()
+    assert np.array_equal(again["dose"][1].member_counts, first["dose"][1].member_counts)
+    summaries = [json.dumps(to_jsonable(ood.summarise([p for ps in sweeps.values() for p in ps])), sort_keys=True) for sweeps in (first, again)]
+    assert summaries[0] == summaries[1]
+    # another seed, finder, detector, scoring or ensemble is another entry
+    ood.cached_sweeps(model, profile, 1, finder, detector, axes=("dose",))
+    ood.cached_sweeps(model.subset(1), profile, 0, finder, ood.fit_shift_detector(model.subset(1), 5, 1, 32), axes=("dose",))
+    ood.cached_sweeps(model, profile, 0, finder, detector, tolerance_A=0.4, axes=("dose",))
+    ood.cached_sweeps(model, profile, 0, ood.ClassicalFinder(smoothing_A=0.2), detector, axes=("dose",))
+    assert len(list((cache_dir() / "sweeps").glob("*.npz"))) == 5
+
+
+def test_sweep_table_lists_every_point_with_its_interval(tmp_path):
+    model = tiny_ensemble(tmp_path, 2)
+    points = {"dose": ood.sweep(model, "dose", 2, 5, 32, ood.ClassicalFinder(), None, values=(3e5, 1e4))}  # no detector: no shift scores
+    assert np.isnan(points["dose"][1].frame_shift_scores).all() and not points["dose"][1].frame_flagged.any()
+    summary = ood.summarise(points["dose"])
+    plain, full = ood.sweep_table(points).data.splitlines(), ood.sweep_table(points, summary).data.splitlines()
+    assert len(plain) == len(full) == 4 and plain[0].count("|") == 7 and full[0].count("|") == 9
+    assert f"{points['dose'][1].ensemble.f1:.3f}" in plain[3] and full[3].split("|")[-2].strip() in ("better", "worse", "tie")

@@ -106,7 +106,46 @@ def test_round_explorer_steps_through_rounds():
 def test_new_figures_have_their_labels():
     fig = viz.show_member_maps(np.random.rand(4, 16, 16), 0.1)
     assert [ax.get_title() for ax in fig.axes[:5]] == ["member 1", "member 2", "member 3", "member 4", "variance over members"]
-    fig = viz.plot_adaptation({"ELIT": [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]})
+    fig = viz.plot_adaptation({"uncertainty-masked": [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]})
     assert fig.axes[0].get_lines()[0].get_ydata().tolist() == [0.7, 0.9]
     fig = viz.plot_uncertainty_histograms({"source": np.random.rand(20), "shifted": np.random.rand(20)}, "mutual information")
     assert fig.axes[0].get_xlabel() == "atom mutual information (nats)" and len(fig.axes[0].get_legend().texts) == 2
+
+
+def test_uncertainty_explorer_explains_its_maps_and_units():
+    from elit_utils.widgets import MAP_LEGEND, MAPS, UncertaintyExplorer, map_legend
+
+    assert set(MAP_LEGEND) == set(MAPS)
+    explorer = UncertaintyExplorer({"toy": _toy_frame()})
+    assert "mutual information" in explorer.legend.value and "nats" in explorer.legend.value  # the map shown first
+    explorer.map.value = "mean probability"
+    assert "probability" in explorer.legend.value and "0 to 1" in explorer.legend.value
+    explorer.map.value = "variance"
+    assert "probability²" in explorer.legend.value
+    legend = map_legend().value
+    assert all(name in legend for name in MAPS) and legend.count("nats, 0 to ln 2") == 2 and "orange crosses" in legend
+
+
+def test_status_line_says_what_the_dashboard_does(tmp_path, monkeypatch):
+    from elit_utils import config, widgets
+
+    status = widgets.StatusLine("Starting ELIT Lab...")
+    assert status.messages == ["Starting ELIT Lab..."] and "Starting ELIT Lab..." in status.widget.value
+    monkeypatch.setenv(config.CACHE_ENV, str(tmp_path))
+    calls = []
+
+    def fake_cached_ensemble(profile, domain, seed, progress):  # "trains" on the first call: writes into the cache
+        calls.append(seed)
+        folder = tmp_path / "ensembles" / "source-smoke-x"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"member-{len(calls)}.pt").write_text("weights")
+        return type("Model", (), {"n_members": config.PROFILES["smoke"].n_members})()
+
+    monkeypatch.setattr("elit_utils.ensemble.cached_ensemble", fake_cached_ensemble)
+    widgets.ensemble_with_status(status, config.PROFILES["smoke"], seed=0)
+    assert "on a first run it is trained first (under a minute)" in status.messages[1] and "trained on this first run" in status.messages[-1]
+    monkeypatch.setattr("elit_utils.ensemble.cached_ensemble", lambda profile, domain, seed, progress: type("Model", (), {"n_members": 2})())
+    widgets.ensemble_with_status(status, config.PROFILES["smoke"], seed=0)
+    assert "loaded from the cache" in status.messages[-1] and status.widget.value.startswith("<b>⏳</b>")
+    status.update("Ready", done=True)
+    assert status.widget.value.startswith("<b>✔</b>")

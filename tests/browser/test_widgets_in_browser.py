@@ -184,8 +184,8 @@ def press_slider(box: object, index: int = 0, key: str = "ArrowRight") -> None:
 CASES = {
     "01_simulating_stem_images": lambda box: lambda: press_slider(box, 0, "ArrowLeft"),
     "03_out_of_distribution": lambda box: lambda: box.locator("select").first.select_option(index=1),
-    "04_iterative_training": lambda box: lambda: press_slider(box, 0),
-    "05_seeing_uncertainty": lambda box: lambda: box.locator("select").first.select_option(index=1),
+    "05_iterative_training": lambda box: lambda: press_slider(box, 0),
+    "06_seeing_uncertainty": lambda box: lambda: box.locator("select").first.select_option(index=1),
 }
 
 
