@@ -1109,14 +1109,16 @@ def profile_training(profile: str | object | None = None) -> tuple[UnetArchitect
     """The U-Net and training settings of a run profile.
 
     >>> architecture, config = profile_training("paper")
-    >>> architecture.nb_filters, config.n_iterations, config.batch_size
-    (16, 2000, 32)
+    >>> architecture.nb_filters, config.n_iterations, config.batch_size, config.learning_rate
+    (16, 2000, 32, 0.001)
     """
     from .config import get_profile
 
     chosen = get_profile(profile)
     architecture = UnetArchitecture(nb_filters=chosen.unet_base_filters)
-    config = TrainingConfig(n_iterations=chosen.n_iterations, batch_size=chosen.batch_size, swa_iterations=chosen.swa_iterations)
+    config = TrainingConfig(
+        n_iterations=chosen.n_iterations, batch_size=chosen.batch_size, learning_rate=chosen.learning_rate, swa_iterations=chosen.swa_iterations
+    )
     return architecture, config
 
 

@@ -45,7 +45,7 @@ SWEEP_AXES: dict[str, tuple[str, tuple[float, ...], str]] = {
     "sampling": ("conditions.sampling_A_per_px", (0.1, 0.13, 0.16, 0.2, 0.25), "Å/px"),
     "defocus": ("conditions.defocus_A", (0.0, 30.0, 50.0, 70.0, 90.0), "Å"),
     "astigmatism": ("conditions.astigmatism_A", (0.0, 15.0, 30.0, 45.0, 60.0), "Å"),
-    "drift": ("scan", (0.0, 0.75, 1.5, 2.25, 3.0), "px line jitter"),
+    "drift": ("scan", (0.0, 0.75, 1.5, 2.25, 3.0), "px jitter (and Å drift)"),
     "contamination": ("contamination", (0.0, 0.15, 0.3, 0.45, 0.6), "coverage"),
     "dopants": ("sample.dopant_density_per_nm2", (0.1, 0.5, 1.0, 2.0, 3.0), "Si per nm²"),
     "experiment_like": ("towards experiment_like", (0.0, 0.25, 0.5, 0.75, 1.0), "fraction of the way"),
@@ -871,18 +871,20 @@ def sweep_table(points: dict[str, list[SweepPoint]], summary: dict | None = None
 
 
 def summarise(points: list[SweepPoint]) -> dict:
-    """The numbers notebooks 03 and 04 report: ensemble vs members, error detection, shift detection, calibration."""
+    """The numbers notebooks 03 and 04 report: ensemble vs members, error detection, shift detection, calibration.
+
+    The per-axis error AUROCs cover only the axes whose shifted steps hold at least
+    :data:`MIN_ATOMS_FOR_AUROC` wrong and as many right atoms (``wrong_atoms_per_axis`` counts them).
+    """
     source = [p for p in points if _is_source(p)]
     shifted = [p for p in points if not _is_source(p)]
     ge_best = [p.ensemble.f1 >= p.member_f1.max() - 1e-12 for p in points]
     ge_median = [p.ensemble.f1 >= np.median(p.member_f1) - 1e-12 for p in points]
     intervals = {f"{p.axis}={p.value:g}": ensemble_minus_median_interval(p.ensemble_counts, p.member_counts) for p in points}
-    per_axis, per_axis_mi = {}, {}
-    for axis in dict.fromkeys(p.axis for p in shifted):
-        chosen = [p for p in shifted if p.axis == axis]
-        wrong = ~np.concatenate([p.atom_correct for p in chosen])
-        per_axis[axis] = auroc(np.concatenate([p.atom_entropy for p in chosen]), wrong)
-        per_axis_mi[axis] = auroc(np.concatenate([p.atom_mutual_information for p in chosen]), wrong)
+    by_axis, by_axis_mi = atoms_by_axis(shifted, "atom_entropy", 0), atoms_by_axis(shifted, "atom_mutual_information", 0)
+    enough = atoms_by_axis(shifted)  # the axes with enough wrong and right atoms for a per-axis AUROC
+    per_axis = {axis: auroc(*by_axis[axis]) for axis in enough}
+    per_axis_mi = {axis: auroc(*by_axis_mi[axis]) for axis in enough}
     frame_labels = np.concatenate([np.full(len(p.frame_shift_scores), not _is_source(p)) for p in points])
 
     def shift_auroc(score: str) -> float:
@@ -908,6 +910,8 @@ def summarise(points: list[SweepPoint]) -> dict:
         "atom_error_auroc_per_axis": per_axis,
         "atom_error_auroc_mi": auroc(np.concatenate([p.atom_mutual_information for p in shifted]), all_wrong),
         "atom_error_auroc_mi_per_axis": per_axis_mi,
+        "wrong_atoms_per_axis": {axis: int(wrong.sum()) for axis, (_, wrong) in by_axis.items()},
+        "right_atoms_per_axis": {axis: int((~wrong).sum()) for axis, (_, wrong) in by_axis.items()},
         "pixel_error_auroc": auroc(
             np.concatenate([p.pixel_mutual_information for p in shifted]),
             np.concatenate([(p.pixel_probability > 0.5) != p.pixel_truth for p in shifted]),
@@ -935,3 +939,131 @@ def summarise(points: list[SweepPoint]) -> dict:
 
 def _is_source(point: SweepPoint) -> bool:
     return point.value == SWEEP_AXES[point.axis][1][0]
+
+
+# --------------------------------------------------------------------------- findings in words
+
+#: A per-axis error AUROC (or ROC curve) needs at least this many wrong atoms, and as many right ones: with fewer it is noise.
+MIN_ATOMS_FOR_AUROC = 10
+
+#: F1 differences smaller than this are called "about the same" in the generated sentences.
+F1_MARGIN = 0.02
+
+
+def atoms_by_axis(points: list[SweepPoint], score: str = "atom_entropy", min_atoms: int = MIN_ATOMS_FOR_AUROC) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per axis, the atoms of the given points pooled: (their ``score``, e.g. ``"atom_mutual_information"``; whether each is wrong).
+
+    Axes with fewer than ``min_atoms`` wrong or right atoms are left out (``min_atoms=0`` keeps all).
+    Pass the shifted points only (every step but the source setting) to judge error detection.
+
+    >>> from types import SimpleNamespace as Point
+    >>> few = Point(axis="dose", atom_entropy=np.r_[0.1, 0.9], atom_correct=np.array([True, False]))
+    >>> list(atoms_by_axis([few])), list(atoms_by_axis([few], min_atoms=1))
+    ([], ['dose'])
+    """
+    pooled = {}
+    for axis in dict.fromkeys(p.axis for p in points):
+        chosen = [p for p in points if p.axis == axis]
+        wrong = ~np.concatenate([p.atom_correct for p in chosen]).astype(bool)
+        if min(wrong.sum(), (~wrong).sum()) >= min_atoms:
+            pooled[axis] = (np.concatenate([getattr(p, score) for p in chosen]), wrong)
+    return pooled
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names) if names else "nowhere"
+
+
+def sweep_findings(points: dict[str, list[SweepPoint]], margin: float = F1_MARGIN) -> object:
+    """What the sweeps show, in sentences made from the measured F1s (displayed as markdown), so
+    that no claim about which axis hurts, or where the ensemble beats its members, can drift from the table.
+
+    >>> from types import SimpleNamespace as Point
+    >>> def point(value, ens, members, classical):
+    ...     return Point(axis="dose", value=value, ensemble=Point(f1=ens), member_f1=np.array(members), classical=Point(f1=classical))
+    >>> text = sweep_findings({"dose": [point(3e5, 1.0, [1.0, 1.0], 1.0), point(1e4, 0.9, [0.8, 0.85], 0.95)]}).data
+    >>> text.splitlines()[3]
+    '- The ensemble matches or beats its best member at 1 of 1 shifted points.'
+    """
+    from IPython.display import Markdown
+
+    falls, holds, ge_best, below_best, below_median, classical_wins = [], [], [], [], [], []
+    for axis, sweep_points in points.items():
+        start, lowest = sweep_points[0].ensemble.f1, min(p.ensemble.f1 for p in sweep_points)
+        (falls if start - lowest > margin else holds).append(f"{axis} ({start:.3f} → {lowest:.3f} at worst)" if start - lowest > margin else axis)
+        for p in sweep_points[1:]:
+            name = f"{axis}={p.value:g}"
+            (ge_best if p.ensemble.f1 >= p.member_f1.max() - 1e-12 else below_best).append(name)
+            if p.ensemble.f1 < np.median(p.member_f1) - 1e-12:
+                below_median.append(name)
+            if p.classical.f1 > p.ensemble.f1 + 1e-12:
+                classical_wins.append(f"{name} ({p.classical.f1:.3f} vs {p.ensemble.f1:.3f})")
+    n_shifted = sum(len(ps) - 1 for ps in points.values())
+    lines = [
+        f"- The ensemble's F1 falls by more than {margin} along: {_listing(falls)}; it stays within {margin} of its source value along: {_listing(holds)}.",
+        f"- The ensemble matches or beats its best member at {len(ge_best)} of {n_shifted} shifted points"
+        + (f": {_listing(ge_best)}." if 2 * len(ge_best) <= n_shifted else (f", all but: {', '.join(below_best)}." if below_best else ".")),
+        f"- It falls below its median member at: {_listing(below_median)}.",
+        f"- The classical finder beats the ensemble at: {_listing(classical_wins)}.",
+    ]
+    return Markdown("**In this run:**\n\n" + "\n".join(lines))
+
+
+def error_detection_findings(summary: dict, margin: float = F1_MARGIN) -> object:
+    """Which uncertainty ranks wrong atoms above right ones better, pooled and per axis, in sentences made
+    from :func:`summarise`'s AUROCs (displayed as markdown); ties within ``margin`` are called ties.
+
+    >>> summary = {"atom_error_auroc": 0.9, "atom_error_auroc_mi": 0.95, "atom_error_auroc_per_axis": {"dose": 0.9},
+    ...            "atom_error_auroc_mi_per_axis": {"dose": 0.8}}
+    >>> print(error_detection_findings(summary).data.splitlines()[2])
+    - Pooled over every shifted frame, the MI ranks wrong atoms better (AUROC 0.950 vs 0.900 for the entropy).
+    """
+    from IPython.display import Markdown
+
+    entropy, mi = summary["atom_error_auroc"], summary["atom_error_auroc_mi"]
+    if abs(entropy - mi) <= margin:
+        pooled = f"the entropy and the MI rank wrong atoms about equally well (AUROC {entropy:.3f} vs {mi:.3f}, within {margin})"
+    elif entropy > mi:
+        pooled = f"the entropy ranks wrong atoms better (AUROC {entropy:.3f} vs {mi:.3f} for the MI)"
+    else:
+        pooled = f"the MI ranks wrong atoms better (AUROC {mi:.3f} vs {entropy:.3f} for the entropy)"
+    per_axis, per_axis_mi = summary["atom_error_auroc_per_axis"], summary["atom_error_auroc_mi_per_axis"]
+    wins = {"entropy": [], "MI": [], "tie": []}
+    for axis, value in per_axis.items():
+        difference = value - per_axis_mi[axis]
+        wins["tie" if abs(difference) <= margin else ("entropy" if difference > 0 else "MI")].append(axis)
+    lines = [
+        f"- Pooled over every shifted frame, {pooled}.",
+        f"- Per axis, the entropy is better along: {_listing(wins['entropy'])}; the MI along: {_listing(wins['MI'])}; "
+        f"within {margin} of each other along: {_listing(wins['tie'])}.",
+    ]
+    return Markdown("**In this run:**\n\n" + "\n".join(lines))
+
+
+def calibration_findings(pixels: dict[str, tuple[np.ndarray, np.ndarray]], margin: float = F1_MARGIN) -> object:
+    """How well calibrated the ensemble is, per group of pixels (name -> (predicted probability, is an atom)),
+    in sentences made from the measured reliability curve, ECE and background level (displayed as markdown).
+
+    >>> rng = np.random.default_rng(0); p = rng.random(10_000)
+    >>> text = calibration_findings({"source": (p, rng.random(10_000) < p)}).data
+    >>> "source frames: ECE 0.0" in text
+    True
+    """
+    from IPython.display import Markdown
+
+    lines, eces = [], {}
+    for name, (probability, outcome) in pixels.items():
+        probability, outcome = np.asarray(probability, float), np.asarray(outcome, bool)
+        predicted, observed, _ = reliability_curve(probability, outcome)
+        eces[name] = expected_calibration_error(probability, outcome)
+        below = int(np.sum(observed < predicted))
+        background = float(probability[~outcome].mean()) if (~outcome).any() else float("nan")
+        lines.append(
+            f"- {name} frames: ECE {eces[name]:.3f}; the observed share of atoms lies below the prediction in {below} of {len(predicted)} "
+            f"filled bins; mean predicted probability on background (non-atom) pixels {background:.3f}."
+        )
+    if len(eces) == 2:
+        (first, a), (second, b) = eces.items()
+        change = "changes it little" if abs(b - a) <= margin else ("raises it" if b > a else "lowers it")
+        lines.append(f"- Going from {first} to {second} frames {change} (ECE {a:.3f} → {b:.3f}; 'little' means within {margin}).")
+    return Markdown("**In this run:**\n\n" + "\n".join(lines))

@@ -18,14 +18,23 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize, PowerNorm
+from matplotlib.colors import LinearSegmentedColormap, Normalize, PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 IMAGE_CMAP = "gray"
 ATOM_COLOURS = ("#00bcd4", "#ff5722")  # C, Si: distinct in colour and in lightness
+PROBABILITY_CMAP = "magma"  # probability maps (0 to 1) in every figure
+#: Colours of atom rings on a grey micrograph: the bright part of "plasma" (pink to yellow, ordered in lightness),
+#: drawn over a thin dark edge so that every ring stands out from grey, black and white alike.
+ATOM_UNCERTAINTY_CMAP = LinearSegmentedColormap.from_list("atom_uncertainty", plt.get_cmap("plasma")(np.linspace(0.35, 1.0, 128)))
+#: A dark outline that keeps white text readable on any image (white atom discs included).
+DARK_OUTLINE = [patheffects.withStroke(linewidth=2.5, foreground="black")]
 
 
 def nice_scalebar_nm(field_of_view_nm: float) -> float:
@@ -50,7 +59,7 @@ def add_scalebar(ax: Axes, sampling_A_per_px: float, image_width_px: int) -> Non
     x0, y0 = image_width_px * 0.05, ax.get_ylim()[0] - image_width_px * 0.06
     ax.add_patch(Rectangle((x0, y0 - height), length_px, height, color="white", ec="black", lw=0.5))
     label = f"{length_nm:g} nm" if length_nm >= 1 else f"{length_nm * 10:g} Å"
-    ax.text(
+    ax.text(  # white on a dark box with a dark outline: readable on white atom discs as on a dark background
         x0 + length_px / 2,
         y0 - 1.8 * height,
         label,
@@ -58,18 +67,28 @@ def add_scalebar(ax: Axes, sampling_A_per_px: float, image_width_px: int) -> Non
         ha="center",
         va="bottom",
         fontsize=9,
-        bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0},
+        path_effects=DARK_OUTLINE,
+        bbox={"facecolor": "black", "alpha": 0.75, "pad": 1.5, "lw": 0},
     )
 
 
-def show_micrograph(ax: Axes, image: np.ndarray, sampling_A_per_px: float | None = None, title: str = "", atoms: np.ndarray | None = None) -> None:
-    """Show one micrograph on ``ax`` (robust contrast, no ticks, scale bar in nm).
+def show_micrograph(
+    ax: Axes,
+    image: np.ndarray,
+    sampling_A_per_px: float | None = None,
+    title: str = "",
+    atoms: np.ndarray | None = None,
+    value_range: tuple[float, float] | None = None,
+    cmap: str | None = None,
+) -> AxesImage:
+    """Show one micrograph on ``ax`` (robust contrast, no ticks, scale bar in nm); returns the image (for a colour bar).
 
-    ``atoms`` is an optional (k, 3) array of row px, col px, class to overlay.
+    ``atoms`` is an optional (k, 3) array of row px, col px, class to overlay. ``value_range`` fixes the
+    colour limits (e.g. ``(0, 1)`` for a probability map) instead of the robust 0.5-99.5 % percentiles.
     """
     image = np.asarray(image, np.float32)
-    low, high = np.percentile(image, [0.5, 99.5])
-    ax.imshow(image, cmap=IMAGE_CMAP, vmin=low, vmax=high)
+    low, high = value_range if value_range is not None else np.percentile(image, [0.5, 99.5])
+    shown = ax.imshow(image, cmap=cmap or IMAGE_CMAP, vmin=low, vmax=high)
     if atoms is not None and len(atoms):
         for cls, name in enumerate(("C", "Si")):
             chosen = atoms[atoms[:, 2] == cls]
@@ -79,6 +98,12 @@ def show_micrograph(ax: Axes, image: np.ndarray, sampling_A_per_px: float | None
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)
+    return shown
+
+
+def _per_panel(value: object, n: int, is_single: bool) -> list:
+    """``value`` repeated for ``n`` panels when it is a single setting, else as given (one per panel)."""
+    return [value] * n if is_single else list(value)  # type: ignore[call-overload]
 
 
 def show_micrographs(
@@ -88,25 +113,50 @@ def show_micrographs(
     atoms: Sequence[np.ndarray | None] | None = None,
     columns: int = 4,
     panel_inches: float = 3.0,
+    colorbar_label: str | Sequence[str | None] | None = None,
+    value_range: tuple[float, float] | Sequence[tuple[float, float] | None] | None = None,
+    cmap: str | Sequence[str | None] | None = None,
 ) -> Figure:
     """A grid of micrographs with titles, scale bars and optional atom overlays.
+
+    Maps that are not micrographs get colour bars on request (the function does not guess which
+    panel is which): ``colorbar_label`` (one label for all panels, or one per panel, ``None`` for
+    none), ``value_range`` (fixed colour limits, e.g. ``(0, 1)`` for probabilities) and ``cmap``.
+    One label with one ``value_range`` gives a single colour bar shared by all panels, e.g. for
+    probability maps ``colorbar_label="probability of atom", value_range=(0, 1), cmap="magma"``.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> fig = show_micrographs([np.random.rand(8, 8)] * 5, list("abcde"), columns=3)
     >>> sum(ax.get_visible() for ax in fig.axes)
     5
+    >>> fig = show_micrographs([np.random.rand(8, 8)] * 2, ["a", "b"], colorbar_label="probability of atom", value_range=(0, 1))
+    >>> [ax.get_ylabel() for ax in fig.axes[2:]]
+    ['probability of atom']
     """
     n = len(images)
     samplings = sampling_A_per_px if isinstance(sampling_A_per_px, (list, tuple)) else [sampling_A_per_px] * n
     overlays = atoms if atoms is not None else [None] * n
+    single_range = value_range is None or (len(value_range) == 2 and all(np.isscalar(v) for v in value_range))
+    ranges = _per_panel(value_range, n, single_range)
+    labels = _per_panel(colorbar_label, n, colorbar_label is None or isinstance(colorbar_label, str))
+    cmaps = _per_panel(cmap, n, cmap is None or isinstance(cmap, str))
+    shared_bar = isinstance(colorbar_label, str) and value_range is not None and single_range
     rows = int(np.ceil(n / columns))
     cols = min(columns, n)
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_inches * cols, panel_inches * rows + 0.3), squeeze=False)
+    any_bar = any(label is not None for label in labels)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(panel_inches * cols + 0.8 * any_bar, panel_inches * rows + 0.3), squeeze=False, layout="constrained" if any_bar else None
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    for ax, image, title, sampling, overlay in zip(axes.flat, images, titles, samplings, overlays):
-        show_micrograph(ax, image, sampling, title, overlay)
-    fig.tight_layout()
+    for ax, image, title, sampling, overlay, limits, label, colours in zip(axes.flat, images, titles, samplings, overlays, ranges, labels, cmaps):
+        shown = show_micrograph(ax, image, sampling, title, overlay, limits, colours)
+        if label is not None and not shared_bar:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).set_label(label)
+    if shared_bar:
+        fig.colorbar(shown, ax=list(axes.flat[:n]), fraction=0.03 / max(cols, 1) ** 0.5, pad=0.01, aspect=25 * rows).set_label(colorbar_label)
+    if not any_bar:
+        fig.tight_layout()
     return fig
 
 
@@ -134,21 +184,25 @@ def show_structure(positions_A: np.ndarray, atomic_numbers: np.ndarray, field_of
 
 
 def show_probes(probes: dict[str, np.ndarray], sampling_A_per_px: float, fwhm_A: dict[str, float]) -> Figure:
-    """Probe intensities side by side (square-root colour scale to show the tails; extent in A).
+    """Probe intensities side by side, each divided by its peak, on one square-root colour scale
+    (to show the tails), with a colour bar saying so; extent in Å.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> fig = show_probes({"a": np.random.rand(16, 16)}, 0.1, {"a": 1.0})
-    >>> fig.axes[0].get_xlabel()
-    'x (Å)'
+    >>> fig.axes[0].get_xlabel(), fig.axes[-1].get_ylabel()
+    ('x (Å)', 'intensity ÷ peak (colour ∝ √intensity)')
     """
-    fig, axes = plt.subplots(1, len(probes), figsize=(3.0 * len(probes), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.0 * len(probes) + 0.9, 3.4), squeeze=False, layout="constrained")
     for ax, (name, probe) in zip(axes.flat, probes.items()):
         half = probe.shape[0] * sampling_A_per_px / 2
-        ax.imshow(probe, cmap="magma", norm=PowerNorm(0.5), extent=(-half, half, half, -half))
+        relative = np.asarray(probe, float) / max(float(np.max(probe)), 1e-30)
+        shown = ax.imshow(relative, cmap="magma", norm=PowerNorm(0.5, vmin=0, vmax=1), extent=(-half, half, half, -half))
         ax.set_title(f"{name}\nFWHM {fwhm_A[name]:.2f} Å", fontsize=10)
         ax.set_xlabel("x (Å)")
     axes.flat[0].set_ylabel("y (Å)")
-    fig.tight_layout()
+    bar = fig.colorbar(shown, ax=list(axes.flat), fraction=0.05 / len(probes) ** 0.5, pad=0.02)
+    bar.set_ticks([0, 0.05, 0.2, 0.5, 1])
+    bar.set_label("intensity ÷ peak (colour ∝ √intensity)")
     return fig
 
 
@@ -185,40 +239,50 @@ def draw_atoms_with_uncertainty(
     quantity: str = "mutual information",
     vmax: float | None = None,
 ) -> None:
-    """Draw :func:`show_atoms_with_uncertainty`'s picture on ``ax`` (for figures with several panels)."""
+    """Draw :func:`show_atoms_with_uncertainty`'s picture on ``ax`` (for figures with several panels).
+
+    Rings are bright (:data:`ATOM_UNCERTAINTY_CMAP`, pink to yellow) over a thin black edge, so they
+    read on the grey micrograph at every uncertainty.
+    """
     show_micrograph(ax, image, sampling_A_per_px, title)
     top = vmax if vmax is not None else max(float(np.max(uncertainty, initial=0)), 0.05)
-    scale = ScalarMappable(Normalize(0, top), cmap="viridis")
-    ax.scatter(cols_px, rows_px, s=22, facecolors="none", edgecolors=scale.to_rgba(np.asarray(uncertainty)), linewidths=1.3)
+    scale = ScalarMappable(Normalize(0, top), cmap=ATOM_UNCERTAINTY_CMAP)
+    ax.scatter(cols_px, rows_px, s=30, facecolors="none", edgecolors="black", linewidths=2.8)  # the dark edge
+    ax.scatter(cols_px, rows_px, s=30, facecolors="none", edgecolors=scale.to_rgba(np.asarray(uncertainty)), linewidths=1.5)
     bar = ax.figure.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(f"atom uncertainty: {quantity} (nats)")
 
 
 def show_member_maps(members: np.ndarray, sampling_A_per_px: float | None = None, columns: int = 5) -> Figure:
-    """Member disagreement at a glance: each member's probability map, then their variance.
+    """Member disagreement at a glance: each member's probability map (members counted from 0, as
+    ``prediction.members[k]``), one colour bar for them, then their variance with its own.
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> fig = show_member_maps(np.random.rand(3, 16, 16))
     >>> [ax.get_title() for ax in fig.axes if ax.get_visible()][2:4]
-    ['member 3', 'variance over members']
+    ['member 2', 'variance over members']
     """
     members = np.asarray(members)
     n = len(members) + 1
     cols = min(columns, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.6 * rows + 0.2), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.6 * rows + 0.6), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    panels = [(member, f"member {i + 1}", "magma", 1.0) for i, member in enumerate(members)]
+    panels = [(member, f"member {i}", PROBABILITY_CMAP, 1.0) for i, member in enumerate(members)]
     panels.append((members.var(axis=0), "variance over members", "viridis", None))
+    shown = []
     for ax, (array, title, cmap, top) in zip(axes.flat, panels):
-        shown = ax.imshow(array, cmap=cmap, vmin=0, vmax=top)
+        shown.append(ax.imshow(array, cmap=cmap, vmin=0, vmax=top))
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     if sampling_A_per_px is not None:
         add_scalebar(axes.flat[0], sampling_A_per_px, members.shape[-1])
-    fig.colorbar(shown, ax=axes.flat[n - 1], fraction=0.046, pad=0.04).set_label("variance")
+    fig.colorbar(shown[0], ax=list(axes.flat[: n - 1]), fraction=0.03, pad=0.02, shrink=0.9).set_label("probability of atom")
+    variance_bar = fig.colorbar(shown[-1], ax=axes.flat[n - 1], location="bottom", fraction=0.05, pad=0.03)  # below: the columns stay equal
+    variance_bar.set_label("variance (probability²)")
+    variance_bar.ax.tick_params(labelsize=7, labelrotation=30)
     return fig
 
 
@@ -284,12 +348,16 @@ def show_uncertainty_maps(image: np.ndarray, prediction: object, sampling_A_per_
     return fig
 
 
-def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity: str = "f1") -> Figure:
+def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity: str = "f1", source_values: dict[str, float] | None = None) -> Figure:
     """One panel per sweep axis: members' F1 (thin), the ensemble's (bold), the classical baseline (dashed);
     or, with ``quantity="mi"``, the mean mutual information.
 
-    ``points_by_axis`` maps an axis name to its :class:`~elit_utils.ood.SweepPoint` list.
+    ``points_by_axis`` maps an axis name to its :class:`~elit_utils.ood.SweepPoint` list. A dotted
+    vertical line labelled "source" marks the training setting on every panel, so the direction of
+    the shift is clear (on the dose axis it is on the right): ``source_values[axis]``, by default the
+    first point's value (a sweep starts at the source setting, :data:`~elit_utils.ood.SWEEP_AXES`).
     """
+    source_values = source_values or {}
     axes_names = list(points_by_axis)
     columns = min(4, len(axes_names))
     rows = int(np.ceil(len(axes_names) / columns))
@@ -313,6 +381,21 @@ def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity
         if min(x) > 0 and max(x) / min(x) >= 10:  # e.g. dose: a log axis spreads the decades
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
+        source = source_values.get(name, x[0])
+        ax.axvline(source, color="#1b9e77", ls=":", lw=1.6, zorder=0)
+        on_right = source >= np.median(x)  # the label sits on the side the sweep moves away from
+        ax.annotate(
+            "source",
+            (source, 0.5),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(-3 if on_right else 3, 0),
+            textcoords="offset points",
+            rotation=90,
+            color="#1b9e77",
+            fontsize=8,
+            ha="right" if on_right else "left",
+            va="center",
+        )
     if quantity == "f1":
         axes.flat[0].plot([], [], color="0.6", lw=0.8, label="single members")
         axes.flat[0].legend(fontsize=7, loc="lower left")
@@ -320,15 +403,31 @@ def plot_sweeps(points_by_axis: dict[str, list], units: dict[str, str], quantity
     return fig
 
 
-def plot_error_detection(uncertainty_by_group: dict[str, tuple[np.ndarray, np.ndarray]], coverage_curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
-    """Left: ROC of per-atom uncertainty detecting wrong atoms, per group, AUROC in the legend
-    (a group with no wrong atoms has no curve: there is nothing to detect). Right: precision vs coverage."""
+def plot_error_detection(
+    uncertainty_by_group: dict[str, tuple[np.ndarray, np.ndarray]],
+    coverage_curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    score_name: str = "entropy",
+    min_wrong_atoms: int = 1,
+) -> Figure:
+    """Left: ROC of a per-atom score (``score_name``, e.g. the entropy) detecting wrong atoms, per group,
+    AUROC in the legend. Right: precision of the atoms kept vs coverage (the share kept, most certain first).
+
+    A group with fewer than ``min_wrong_atoms`` wrong atoms (or no right ones) gets a legend line and
+    no curve: an ROC of one or two wrong atoms is a step of chance, not a measurement.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = plot_error_detection({"dose": (np.array([0.1, 0.9]), np.array([False, True]))}, {}, score_name="MI")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['MI as an error detector', 'precision vs coverage']
+    """
     from .ood import auroc
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     for name, (scores, wrong) in uncertainty_by_group.items():
-        if not np.any(wrong) or np.all(wrong):
-            left.plot([], [], ls="none", label=f"{name}: no {'wrong' if not np.any(wrong) else 'right'} atoms")
+        n_wrong = int(np.sum(wrong))
+        if n_wrong < max(min_wrong_atoms, 1) or np.all(wrong):
+            why = "no right atoms" if np.all(wrong) and n_wrong else f"{'no' if not n_wrong else f'only {n_wrong}'} wrong atom{'' if n_wrong == 1 else 's'}"
+            left.plot([], [], ls="none", label=f"{name}: {why}")
             continue
         order = np.argsort(-scores)
         wrong_sorted = wrong[order].astype(float)
@@ -336,12 +435,13 @@ def plot_error_detection(uncertainty_by_group: dict[str, tuple[np.ndarray, np.nd
         fpr = np.r_[0, np.cumsum(1 - wrong_sorted) / max((1 - wrong_sorted).sum(), 1)]
         left.plot(fpr, tpr, label=f"{name} (AUROC {auroc(scores, wrong):.2f})")
     left.plot([0, 1], [0, 1], color="0.7", ls=":")
-    left.set(xlabel="false-alarm rate (correct atoms flagged)", ylabel="detection rate (wrong atoms flagged)", title="uncertainty as an error detector")
+    left.set(xlabel="false-alarm rate (correct atoms flagged)", ylabel="detection rate (wrong atoms flagged)", title=f"{score_name} as an error detector")
     left.legend(fontsize=7)
     for name, (coverage, precision) in coverage_curves.items():
         right.plot(coverage * 100, precision, marker="o", ms=3, label=name)
-    right.set(xlabel="atoms kept, most certain first (%)", ylabel="precision of kept atoms", title="risk-coverage")
-    right.legend(fontsize=7)
+    right.set(xlabel=f"atoms kept, lowest {score_name} first (%)", ylabel="precision of kept atoms", title="precision vs coverage")
+    if coverage_curves:
+        right.legend(fontsize=7)
     right.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -366,26 +466,77 @@ def plot_shift_scores(
     as named vertical marks, and the score's flag limit as a red line.
 
     ``scores`` maps a score's name (the panel's x label) to {group: per-frame values};
-    ``marks`` and ``limits`` are keyed by the same score names.
+    ``marks`` and ``limits`` are keyed by the same score names. Each mark's label (name and value)
+    is written level above the histograms; labels of marks close together are stacked so that
+    they never overlap. The log x axis has a few plain-number ticks (1, 2, 5 per decade at most).
     """
     marks, limits = marks or {}, limits or {}
-    fig, axes = plt.subplots(1, len(scores), figsize=(5.5 * len(scores), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scores), figsize=(5.5 * len(scores), 3.6), squeeze=False)
+    tallest = {}
     for ax, (name, groups) in zip(axes[0], scores.items()):
         named = marks.get(name, {})
         values = np.concatenate([g for g in groups.values() if len(g)] + [np.array([*named.values(), *([limits[name]] if name in limits else [])])])
         bins = np.logspace(np.log10(max(values.min(), 1e-5)), np.log10(values.max() * 1.05), 25)
+        tallest[name] = 1.0
         for (group, values_of_group), hatch in zip(groups.items(), ("", "//", "..")):
-            ax.hist(values_of_group, bins=bins, alpha=0.55, label=group, hatch=hatch, edgecolor="0.3", linewidth=0.5)
-        for label, value in named.items():
+            counts, _, _ = ax.hist(values_of_group, bins=bins, alpha=0.55, label=group, hatch=hatch, edgecolor="0.3", linewidth=0.5)
+            tallest[name] = max(tallest[name], float(np.max(counts, initial=0)))
+        for value in named.values():
             ax.axvline(value, color="black", ls="--", lw=1)
-            ax.text(value, ax.get_ylim()[1] * 0.9, f" {label}", rotation=90, va="top", fontsize=7)
         if name in limits:
             ax.axvline(limits[name], color="tab:red", lw=1.5, label="flag limit")
         ax.set_xscale("log")
-        ax.set(xlabel=name, ylabel="frames")
-        ax.legend(fontsize=8)
+        ax.set_xlim(bins[0], bins[-1])
+        _plain_log_ticks(ax, bins[0], bins[-1])
+        ax.set(xlabel=name, ylabel="frames", ylim=(0, tallest[name] * 1.6))
+        marks_on_right = np.mean([ax.transLimits.transform(ax.transScale.transform((v, 1.0)))[0] > 0.5 for v in named.values()] or [1.0])
+        ax.legend(fontsize=8, loc="upper left" if marks_on_right >= 0.5 else "upper right")
+    fig.tight_layout()
+    for ax, name in zip(axes[0], scores):  # labels placed in the final geometry, then the bars kept below them
+        lowest = _label_marks(ax, marks.get(name, {}))
+        ax.set_ylim(0, tallest[name] * 1.05 / max(lowest - 0.03, 0.3))
     fig.tight_layout()
     return fig
+
+
+def _plain_log_ticks(ax: Axes, low: float, high: float) -> None:
+    """Major ticks at 1, 2, 5 x 10^k (or only 10^k over many decades) written as plain numbers; minor ticks unlabelled."""
+    decades = np.log10(high / low)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _label_marks(ax: Axes, named: dict[str, float]) -> float:
+    """Write "name (value)" beside each vertical mark at the top of ``ax``, stacking labels that would overlap
+    (each other or the legend). Returns the bottom of the lowest label or legend in axes fraction (1.0 without).
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    legend = ax.get_legend()
+    placed = [legend.get_window_extent(renderer)] if legend is not None else []
+    lowest = ax.transAxes.inverted().transform((0, placed[0].y0))[1] if placed else 1.0
+    for label, value in sorted(named.items(), key=lambda item: item[1]):
+        right_side = ax.transLimits.transform(ax.transScale.transform((value, 1.0)))[0] < 0.6
+        for level in range(len(named) + 8):
+            text = ax.annotate(
+                f"{label} ({value:.4g})",
+                (value, 1.0),
+                xycoords=ax.get_xaxis_transform(),
+                xytext=(3 if right_side else -3, -3 - 11 * level),
+                textcoords="offset points",
+                ha="left" if right_side else "right",
+                va="top",
+                fontsize=7,
+                bbox={"facecolor": "white", "alpha": 0.85, "pad": 0.6, "lw": 0},
+            )
+            extent = text.get_window_extent(renderer).padded(1.5)
+            if not any(extent.overlaps(other) for other in placed):
+                break
+            text.remove()
+        placed.append(extent)
+        lowest = min(lowest, ax.transAxes.inverted().transform((0, extent.y0))[1])
+    return lowest
 
 
 METHOD_STYLES = {  # one style per adaptation method (elit_utils.iterate.METHODS), told apart in greyscale by line style and marker

@@ -284,3 +284,31 @@ def test_sweep_table_lists_every_point_with_its_interval(tmp_path):
     plain, full = ood.sweep_table(points).data.splitlines(), ood.sweep_table(points, summary).data.splitlines()
     assert len(plain) == len(full) == 4 and plain[0].count("|") == 7 and full[0].count("|") == 9
     assert f"{points['dose'][1].ensemble.f1:.3f}" in plain[3] and full[3].split("|")[-2].strip() in ("better", "worse", "tie")
+
+
+def test_findings_are_sentences_made_from_the_measured_values():
+    from types import SimpleNamespace as Point
+
+    def point(axis, value, ens, members, classical, n_wrong=0):
+        correct = np.r_[np.zeros(n_wrong, bool), np.ones(20, bool)]
+        return Point(axis=axis, value=value, ensemble=Point(f1=ens), member_f1=np.array(members), classical=Point(f1=classical),
+                     atom_entropy=np.r_[np.ones(n_wrong), np.zeros(20)], atom_correct=correct)  # fmt: skip
+
+    points = {
+        "dose": [point("dose", 3e5, 1.0, [1.0, 1.0, 1.0], 1.0), point("dose", 1e4, 0.8, [0.7, 0.9, 0.85], 0.9, n_wrong=12)],
+        "sampling": [point("sampling", 0.1, 1.0, [1.0, 1.0, 1.0], 1.0), point("sampling", 0.25, 1.0, [1.0, 0.99, 1.0], 0.99, n_wrong=1)],
+    }
+    shifted = [ps[1] for ps in points.values()]
+    assert list(ood.atoms_by_axis(shifted)) == ["dose"]  # one wrong atom is too few for an AUROC
+    assert list(ood.atoms_by_axis(shifted, min_atoms=0)) == ["dose", "sampling"]
+    text = ood.sweep_findings(points).data
+    assert "falls by more than 0.02 along: dose (1.000 → 0.800 at worst); it stays within 0.02 of its source value along: sampling." in text
+    assert "best member at 1 of 2 shifted points: sampling=0.25." in text
+    assert "below its median member at: dose=10000." in text and "classical finder beats the ensemble at: dose=10000 (0.900 vs 0.800)." in text
+    summary = {"atom_error_auroc": 0.9, "atom_error_auroc_mi": 0.91, "atom_error_auroc_per_axis": {"dose": 0.95}, "atom_error_auroc_mi_per_axis": {"dose": 0.7}}
+    assert "about equally well" in ood.error_detection_findings(summary).data and "entropy is better along: dose;" in ood.error_detection_findings(summary).data
+    rng = np.random.default_rng(0)
+    p = rng.random(20_000)
+    calibrated, overconfident = rng.random(20_000) < p, rng.random(20_000) < p / 2
+    text = ood.calibration_findings({"source": (p, calibrated), "shifted": (p, overconfident)}).data
+    assert "raises it" in text and "below the prediction in 10 of 10 filled bins" in text

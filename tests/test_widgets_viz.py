@@ -57,8 +57,20 @@ def test_ood_figures_have_labelled_axes():
     assert fig.axes[0].get_xlabel() == name and "flag limit" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     by_axis = {"dose": (np.array([0.1, 0.9]), np.array([False, True])), "sampling": (np.array([0.2, 0.3]), np.array([False, False]))}
     fig = viz.plot_error_detection(by_axis, {"dose": (np.array([0.5, 1.0]), np.array([1.0, 0.5]))})
-    assert [ax.get_title() for ax in fig.axes] == ["uncertainty as an error detector", "risk-coverage"]
+    assert [ax.get_title() for ax in fig.axes] == ["entropy as an error detector", "precision vs coverage"]
+    assert fig.axes[1].get_ylabel() == "precision of kept atoms" and "lowest entropy first" in fig.axes[1].get_xlabel()
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["dose (AUROC 1.00)", "sampling: no wrong atoms"]
+
+
+def test_error_detection_names_its_score_and_skips_groups_with_few_errors():
+    rng = np.random.default_rng(0)
+    wrong = rng.random(200) < 0.2
+    by_axis = {"dose": (rng.random(200) + wrong, wrong), "sampling": (rng.random(50), np.arange(50) == 3)}
+    fig = viz.plot_error_detection(by_axis, {}, score_name="mutual information", min_wrong_atoms=10)
+    assert fig.axes[0].get_title() == "mutual information as an error detector"
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[0].startswith("dose (AUROC") and legend[1] == "sampling: only 1 wrong atom"
+    assert len(fig.axes[0].get_lines()) == 3  # dose's ROC, sampling's legend-only entry, the chance diagonal: no ROC of one wrong atom
 
 
 def _toy_frame(seed=0):
@@ -105,7 +117,10 @@ def test_round_explorer_steps_through_rounds():
 
 def test_new_figures_have_their_labels():
     fig = viz.show_member_maps(np.random.rand(4, 16, 16), 0.1)
-    assert [ax.get_title() for ax in fig.axes[:5]] == ["member 1", "member 2", "member 3", "member 4", "variance over members"]
+    assert [ax.get_title() for ax in fig.axes[:5]] == ["member 0", "member 1", "member 2", "member 3", "variance over members"]  # as members[k]
+    bars = {ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes[5:]}
+    assert bars == {"probability of atom", "variance (probability²)"}  # one bar for the members, one with the variance's units
+    assert fig.axes[0].get_images()[0].get_clim() == (0, 1)
     fig = viz.plot_adaptation({"uncertainty-masked": [{"round": 0, "f1": 0.7, "mean_mi_nats": 0.03}, {"round": 1, "f1": 0.9, "mean_mi_nats": 0.01}]})
     assert fig.axes[0].get_lines()[0].get_ydata().tolist() == [0.7, 0.9]
     fig = viz.plot_uncertainty_histograms({"source": np.random.rand(20), "shifted": np.random.rand(20)}, "mutual information")
@@ -149,3 +164,86 @@ def test_status_line_says_what_the_dashboard_does(tmp_path, monkeypatch):
     assert "loaded from the cache" in status.messages[-1] and status.widget.value.startswith("<b>⏳</b>")
     status.update("Ready", done=True)
     assert status.widget.value.startswith("<b>✔</b>")
+
+
+def _window_pixels(fig, extent):
+    """The RGB pixels of the drawn figure inside a display-space ``extent`` (rows counted from the top)."""
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+    height = pixels.shape[0]
+    return pixels[int(height - extent.y1) : int(height - extent.y0), int(extent.x0) : int(extent.x1)]
+
+
+def test_scalebar_label_reads_on_a_white_image():
+    image = np.ones((64, 64))
+    image[0] = 0  # white everywhere but the top row (the contrast spans 0 to 1), e.g. a white atom disc under the label
+    fig = viz.show_micrographs([image], ["white"], sampling_A_per_px=0.1)
+    label = next(t for t in fig.axes[0].texts if t.get_text().endswith(("nm", "Å")))
+    fig.canvas.draw()
+    patch = _window_pixels(fig, label.get_window_extent())
+    assert np.median(patch) < 0.35 and patch.max() > 0.9, np.median(patch)  # white text on a dark box (a half-grey box read badly)
+
+
+def test_probability_maps_get_a_shared_colour_bar_on_request():
+    maps = [np.random.rand(32, 32) for _ in range(3)]
+    fig = viz.show_micrographs(maps, ["member 0", "member 1", "mean"], 0.1, colorbar_label="probability of atom", value_range=(0, 1), cmap="magma")
+    panels, bars = fig.axes[:3], fig.axes[3:]
+    assert [ax.get_ylabel() for ax in bars] == ["probability of atom"]  # one bar for all three panels
+    assert all(ax.get_images()[0].get_clim() == (0, 1) for ax in panels)
+    fig = viz.show_micrographs(maps[:2], ["frame", "mask"], 0.1, colorbar_label=[None, "label"], value_range=[None, (0, 1)])
+    assert [ax.get_ylabel() for ax in fig.axes[2:]] == ["label"] and fig.axes[0].get_images()[0].get_clim() != (0, 1)
+    fig = viz.show_micrographs(maps[:2], ["a", "b"], 0.1)
+    assert len(fig.axes) == 2  # no colour bar unless asked for
+
+
+def test_probe_figure_says_its_colours_are_square_root():
+    probe = np.exp(-((np.arange(32) - 16.0) ** 2) / 20)[:, None] * np.exp(-((np.arange(32) - 16.0) ** 2) / 20)[None, :]
+    fig = viz.show_probes({"a": probe * 3, "b": probe}, 0.1, {"a": 1.0, "b": 1.0})
+    assert fig.axes[-1].get_ylabel() == "intensity ÷ peak (colour ∝ √intensity)"
+    assert [ax.get_images()[0].get_array().max() for ax in fig.axes[:2]] == [1.0, 1.0]  # each probe divided by its peak: one scale
+
+
+def test_atom_rings_stand_out_on_grey():
+    fig = viz.show_atoms_with_uncertainty(np.full((32, 32), 0.5), np.array([8.0, 20.0]), np.array([8.0, 20.0]), np.array([0.0, 0.04]), 0.1)
+    assert fig.axes[1].get_ylabel() == "atom uncertainty: mutual information (nats)"
+    luminance = [0.2126 * r + 0.7152 * g + 0.0722 * b for r, g, b, _ in viz.ATOM_UNCERTAINTY_CMAP(np.linspace(0, 1, 5))]
+    assert min(luminance) > 0.25 and luminance == sorted(luminance)  # no dark end (viridis' starts at 0.07); ordered in lightness
+    edge, rings = fig.axes[0].collections[-2:]
+    assert np.allclose(edge.get_edgecolor()[:, :3], 0) and edge.get_linewidth()[0] > rings.get_linewidth()[0]  # a dark edge under each ring
+
+
+def test_shift_score_labels_never_overlap_and_ticks_are_plain():
+    rng = np.random.default_rng(0)
+    scores = {"feature distance": {"source": np.exp(rng.normal(2, 0.2, 100)), "shifted": np.exp(rng.normal(3.4, 0.8, 300))}}
+    scores["mean MI (nats)"] = {"source": np.exp(rng.normal(-5, 0.05, 100)), "shifted": np.exp(rng.normal(-4.6, 0.5, 300))}
+    marks = {"feature distance": {"G-GrainBoundary-4nm": 66.39, "G-Si-2nm": 66.35, "G-dimSi": 67.0}}
+    marks["mean MI (nats)"] = {"G-dimSi": 9.5e-3, "G-GrainBoundary-4nm": 1.35e-2, "G-Si-2nm": 1.45e-2}
+    fig = viz.plot_shift_scores(scores, marks, {"feature distance": 19.5})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax, named in zip(fig.axes, marks.values()):
+        labels = [t for t in ax.texts if "(" in t.get_text()]
+        assert sorted(t.get_text() for t in labels) == sorted(f"{k} ({v:.4g})" for k, v in named.items())  # each value written once
+        boxes = [t.get_window_extent(renderer) for t in labels] + [ax.get_legend().get_window_extent(renderer)]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), [t.get_text() for t in labels]
+        assert all(ax.get_window_extent(renderer).contains(b.x0 + 1, b.y0 + 1) for b in boxes)  # inside the panel
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+        ticks = [b for b in ticks if ax.get_window_extent(renderer).x0 - 5 <= b.x0 <= ax.get_window_extent(renderer).x1]
+        assert len(ticks) >= 2 and not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1 :])
+        assert all("$" not in t.get_text() for t in ax.get_xticklabels())  # plain numbers, not 10^k mathtext
+
+
+def test_sweep_panels_mark_the_source_setting():
+    from types import SimpleNamespace
+
+    def point(value, f1):
+        scores = SimpleNamespace(f1=f1)
+        return SimpleNamespace(value=value, member_f1=np.array([f1, f1]), ensemble=scores, classical=scores, mean_mutual_information=0.01)
+
+    points = {"dose": [point(v, 1 - k / 10) for k, v in enumerate((3e5, 1e5, 1e4))], "defocus": [point(v, 1 - k / 10) for k, v in enumerate((0, 30, 60))]}
+    for quantity in ("f1", "mi"):
+        fig = viz.plot_sweeps(points, {"dose": "e/Å²", "defocus": "Å"}, quantity)
+        for ax, source in zip(fig.axes, (3e5, 0)):
+            marker = [t for t in ax.texts if t.get_text() == "source"]
+            assert len(marker) == 1 and marker[0].xy[0] == source
+            assert any(np.allclose(line.get_xdata(), source) and line.get_linestyle() == ":" for line in ax.get_lines())
