@@ -190,7 +190,7 @@ def markdown_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> A
 SECTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "01_simulate": ("01", "Simulating STEM images", ("frames_256px_per_second", "cc_bond_median_A", "recorded_over_expected_counts")),
     "02_ensemble": ("02", "Training an ensemble", ("ensemble_f1", "ensemble_rmse_A", "member_f1")),
-    "ood": ("03", "Out of distribution", ("ensemble_ge_best_member_fraction", "ensemble_ge_median_member_fraction", "atom_error_auroc")),
+    "ood": ("03", "Out of distribution", ("median_member_statement", "atom_error_auroc")),
     "calibration_and_shift": ("04", "Calibration and shift detection", ("ece_source", "ece_shifted", "shift_score_auroc", "source_frames_flagged_fraction")),
     "iterate": (
         "05",
