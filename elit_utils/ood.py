@@ -900,6 +900,58 @@ def median_member_statement(points: list[SweepPoint], intervals: dict[str, tuple
     }
 
 
+#: The share of source atoms an atom's entropy must exceed to count as uncertain in :func:`frame_error_estimates`.
+UNCERTAIN_ATOM_QUANTILE = 0.99
+
+
+def frame_error_estimates(points: list[SweepPoint], quantile: float = UNCERTAIN_ATOM_QUANTILE) -> dict:
+    """Frame-level estimates of *error*, and how well each ranks the frames' real error (1 - F1).
+
+    The shift detector says a frame is *different*; an automated experiment also wants to know
+    whether its atoms are *wrong*. The estimate here needs no labels: the share of a frame's atoms
+    whose entropy exceeds the ``quantile`` of atom entropies on the source frames (atoms more
+    uncertain than almost any atom on training-like frames; a frame with no atom found counts as
+    all uncertain). Each estimate (that share, the feature distance, the frame's mean MI) is judged
+    by its Spearman rank correlation with the frame's real error over every sweep frame (nan when
+    an estimate or the error is constant).
+
+    >>> frame_error_estimates([])["rank_correlation_with_error"]["uncertain atom share"]
+    nan
+    """
+    from scipy.stats import spearmanr
+
+    source = [p for p in points if _is_source(p)]
+    limit = (
+        float(np.quantile(np.concatenate([p.atom_entropy for p in source]), quantile)) if source and any(len(p.atom_entropy) for p in source) else float("nan")
+    )
+    shares, errors, distances, mean_mi = [], [], [], []
+    for p in points:
+        per_frame = np.split(p.atom_entropy, np.cumsum(p.ensemble_counts[:, 1])[:-1])
+        shares += [float((entropy > limit).mean()) if len(entropy) else 1.0 for entropy in per_frame]
+        errors += list(1 - _pooled_f1(p.ensemble_counts[:, None, :]))
+        distances += list(p.frame_shift_scores)
+        mean_mi += list(p.frame_mutual_information)
+    error = np.array(errors, float)
+
+    def rank_correlation(estimate: list[float]) -> float:
+        values = np.array(estimate, float)
+        usable = np.isfinite(values)
+        if usable.sum() < 3 or np.ptp(values[usable]) == 0 or np.ptp(error[usable]) == 0:
+            return float("nan")
+        return float(spearmanr(values[usable], error[usable]).statistic)
+
+    return {
+        "entropy_limit_nats": limit,
+        "quantile_of_source_atoms": quantile,
+        "rank_correlation_with_error": {
+            "uncertain atom share": rank_correlation(shares),
+            "feature distance": rank_correlation(distances),
+            "mean MI": rank_correlation(mean_mi),
+        },
+        "frames": len(errors),
+    }
+
+
 def summarise(points: list[SweepPoint]) -> dict:
     """The numbers notebooks 03 and 04 report: ensemble vs members, error detection, shift detection, calibration.
 
@@ -937,6 +989,7 @@ def summarise(points: list[SweepPoint]) -> dict:
         "ensemble_ge_median_member_fraction": float(np.mean(ge_median)),
         "ensemble_minus_median_interval": intervals,
         "median_member_statement": median_member_statement(points, intervals),
+        "frame_error_estimate": frame_error_estimates(points),
         "ensemble_not_worse_than_median_fraction": float(np.mean([high >= 0 for _, high in intervals.values()])),
         "ensemble_better_than_median_fraction": float(np.mean([low > 0 for low, _ in intervals.values()])),
         "atom_error_auroc": auroc(np.concatenate([p.atom_entropy for p in shifted]), all_wrong),

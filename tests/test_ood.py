@@ -127,6 +127,34 @@ def test_the_median_member_statement_counts_only_points_where_members_find_atoms
     assert statement["clearly_better_by"] == {"dose=1": pytest.approx(0.01)} and statement["holds"] is False
 
 
+def test_frame_error_estimate_ranks_frames_by_their_real_error():
+    from types import SimpleNamespace
+
+    source_dose, shifted_dose = ood.SWEEP_AXES["dose"][1][0], ood.SWEEP_AXES["dose"][1][-1]
+    rng = np.random.default_rng(0)
+
+    def point(value, entropies, matched, distances):  # one frame per entry: its atoms' entropies and how many were right
+        counts = np.array([[m, len(e), len(e)] for e, m in zip(entropies, matched)])
+        return SimpleNamespace(
+            axis="dose",
+            value=value,
+            atom_entropy=np.concatenate(entropies),
+            ensemble_counts=counts,
+            frame_shift_scores=np.array(distances, float),
+            frame_mutual_information=np.array(distances, float) * 0,
+        )
+
+    source = point(source_dose, [rng.uniform(0, 0.2, 50) for _ in range(4)], [50] * 4, [1, 2, 3, 4])
+    # shifted frames: the more atoms above the source's entropies, the fewer right; the distance is high for all, unordered
+    entropies = [np.r_[rng.uniform(0, 0.2, 50 - k), rng.uniform(0.5, 0.7, k)] for k in (0, 5, 10, 20)]
+    shifted = point(shifted_dose, entropies, [50, 45, 40, 30], [40, 10, 30, 20])
+    estimate = ood.frame_error_estimates([source, shifted])
+    assert 0.15 < estimate["entropy_limit_nats"] < 0.2 and estimate["frames"] == 8
+    ranks = estimate["rank_correlation_with_error"]
+    assert ranks["uncertain atom share"] > 0.9 > ranks["feature distance"]
+    assert np.isnan(ranks["mean MI"])  # a constant estimate ranks nothing
+
+
 def test_bootstrap_interval_separates_a_real_difference_from_luck():
     rng = np.random.default_rng(4)
     true = np.full(30, 100)
