@@ -38,7 +38,7 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from .cache import atomic_path, cache_dir, write_json_atomic
-from .config import config_hash
+from .config import config_hash, get_profile
 from .ensemble import (
     IDENTITY_KEYS,
     Ensemble,
@@ -420,8 +420,6 @@ def adapt_folder(name: str, frames: np.ndarray | list[np.ndarray], config: Adapt
     >>> folder.parent.name, folder.name.startswith("dose=5000-smoke-")
     ('adapt', True)
     """
-    from .config import get_profile
-
     frames_key = [data_hash(np.asarray(frame), np.zeros(0)) for frame in frames]
     model_key = {key: model_record.get(key) for key in ("seeds", "data_hash", "architecture", "training", "sampling_A_per_px")}
     key = config_hash({"frames": frames_key, "adapt": config, "model": model_key})
@@ -513,7 +511,7 @@ def compare_with_baselines(
     out = Path(out_dir)
 
     def folder(method: str) -> Path:
-        return round_folder(out, method).parent
+        return out / _SUBFOLDERS[method]
 
     histories = {MASKED: adapt(ensemble, frames, sampling_A_per_px, folder(MASKED), config, truth, source, progress=progress).history}
     if PAPER in methods:
