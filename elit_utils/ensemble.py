@@ -996,10 +996,10 @@ class Ensemble:
 
     @torch.inference_mode()
     def _member_probabilities(self, image: np.ndarray, precision: Precision) -> np.ndarray:
-        """(N, H, W) probabilities for one normalised image whose sides are multiples of 8."""
+        """(N, H, W) probabilities for one normalised image whose sides are multiples of 8 (fp32: strict, no TF32)."""
         outputs = []
         for net in self.packs:
-            with _autocast(self.device, precision):
+            with _strict_fp32(self.device) if precision == "fp32" else _autocast(self.device, precision):
                 logits = net(self._packed_input(image, net))
             outputs.append(torch.sigmoid(logits.float())[0, :, 0])
         return torch.cat(outputs).cpu().numpy()
@@ -1109,7 +1109,7 @@ class Ensemble:
         and the maps are resampled back: the result is always in the input's pixels.
         Frames larger than ``tile_px`` (a multiple of 8) are predicted in tiles that overlap
         by ``overlap_px`` (less than half a tile). ``precision``: ``"auto"`` (the hardware's
-        native precision), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"``.
+        native precision), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"`` (plain fp32: no TF32 on GPUs either).
         """
         return self._analysed(images, "predict", sampling_A_per_px, tile_px, overlap_px, precision, with_features=False)[0]
 
