@@ -50,10 +50,12 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
-## Benchmarks (print tables; not part of the tests).
+## Benchmarks, full size (print tables beside atomai's; minutes). Each also runs at tiny sizes (--smoke) in make test.
+## Notebook timings: $(BIN)/python benchmarks/bench_notebooks.py (an hour in the quick profile).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_ensemble.py
+	$(BIN)/python benchmarks/bench_stream.py
 
 clean-cache:
 	rm -rf data/cache

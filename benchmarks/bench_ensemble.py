@@ -9,7 +9,10 @@ tolerance, 0.5 A border) of each ensemble's mean map.
 Prediction: 10 members on one 512x512 frame, atomai's ``EnsemblePredictor`` vs
 ``Ensemble.predict`` (which also returns entropy and mutual information).
 
-    python benchmarks/bench_ensemble.py [--members 3 --iterations 150 --batch 8]
+    python benchmarks/bench_ensemble.py [--members 3 --iterations 150 --batch 8] [--smoke]
+
+``--smoke``: tiny sizes (2 members, 32 iterations, 32 px, 40 images; prediction of a 64x64
+frame), seconds, so that ``make test`` runs the whole script and it cannot rot unseen.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def atomai_mean_maps(predictor: object, images: np.ndarray) -> np.ndarray:
     return np.asarray(mean)[:, 0]
 
 
-def prediction_speed(members: int = 10, size: int = 512, repeats: int = 3) -> list[tuple[str, float]]:
+def prediction_speed(members: int, size: int, repeats: int = 3) -> list[tuple[str, float]]:
+    """Best of ``repeats`` seconds per frame for atomai and for us, on untrained members (initialised from seeds 0..members-1)."""
     import atomai
 
     frame = normalize_image(simulate.dataset("source", n=1, seed=99, image_size_px=size, cache=False).images)
@@ -75,7 +79,7 @@ def prediction_speed(members: int = 10, size: int = 512, repeats: int = 3) -> li
     predictor = atomai.predictors.EnsemblePredictor(ARCHITECTURE.atomai_unet(0), weights, nb_classes=1)
     record = {"sampling_A_per_px": 0.1, "architecture": ARCHITECTURE.as_dict()}
     packs = [PackedUnet.from_seeds([i], ARCHITECTURE).to(memory_format=torch.channels_last).eval() for i in range(members)]
-    ours = ens.Ensemble(packs, list(range(members)), record, torch.device("cpu"))
+    ours = ens.Ensemble(packs, list(range(members)), record, torch.device("cpu"), folder=Path("untrained members from seeds"))
     timings = []
     for name, run in (
         ("atomai EnsemblePredictor (mean, variance)", lambda: predictor.predict(frame[:, None], format_out="channel_first")),
@@ -101,13 +105,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    n_train, n_test, predict_members, predict_size = 200, 20, 10, 512
+    if args.smoke:
+        args.members, args.iterations, args.batch, args.size = 2, 32, 4, 32  # atomai averages the last 30 iterations: at least 31
+        n_train, n_test, predict_members, predict_size = 40, 2, 2, 64  # atomai holds out 20 %: 8 images, 2 batches
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     print(f"device: {device}; torch {torch.__version__}; bf16 fast here: {ens.use_bf16('auto', torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}")
     if not args.skip_training:
-        train = simulate.dataset("source", n=200, seed=0, image_size_px=args.size)
-        test = simulate.dataset("source", n=20, seed=500, image_size_px=args.size)
+        train = simulate.dataset("source", n=n_train, seed=0, image_size_px=args.size)
+        test = simulate.dataset("source", n=n_test, seed=500, image_size_px=args.size)
         work = args.members * args.iterations
         with tempfile.TemporaryDirectory() as folder:
             atomai_seconds, _, predictor = train_atomai(train, args.members, args.iterations, args.batch, Path(folder))
@@ -117,13 +126,13 @@ def main() -> None:
             ours = ens.train_ensemble(train.images, train.atom_mask, Path(folder) / "ours", args.members, 0.1, ARCHITECTURE, config, progress=False)
             our_seconds = time.perf_counter() - start
             our_f1 = mean_f1(ours.predict(test.images).mean, test)
-        print(f"\nTraining: {args.members} members x {args.iterations} iterations, batch {args.batch}, {args.size}x{args.size} px, 200 images")
+        print(f"\nTraining: {args.members} members x {args.iterations} iterations, batch {args.batch}, {args.size}x{args.size} px, {n_train} images")
         print("| trainer | seconds | member-iterations/s | held-out F1 |\n| --- | ---: | ---: | ---: |")
         print(f"| atomai EnsembleTrainer | {atomai_seconds:.1f} | {work / atomai_seconds:.2f} | {atomai_f1:.4f} |")
         print(f"| ELIT Lab train_ensemble | {our_seconds:.1f} | {work / our_seconds:.2f} | {our_f1:.4f} |")
         print(f"throughput ratio (ours / atomai): {atomai_seconds / our_seconds:.2f}x (goal >= 2x at equal or better F1)")
-    timings = prediction_speed()
-    print("\nPrediction: 10 members, one 512x512 frame")
+    timings = prediction_speed(predict_members, predict_size)
+    print(f"\nPrediction: {predict_members} members (untrained, from seeds), one {predict_size}x{predict_size} frame")
     print("| predictor | seconds | speed-up vs atomai |\n| --- | ---: | ---: |")
     for name, seconds in timings:
         print(f"| {name} | {seconds:.2f} | {timings[0][1] / seconds:.2f}x |")

@@ -6,7 +6,10 @@ its own empty folder with an empty cache (cold), then once more on the cache it 
 and prints a table beside the 5-minute budget. Timings depend on the machine: the table's
 header names the CPU and its core count.
 
-Usage: ``python benchmarks/bench_notebooks.py [--profile quick] [--only 02 04] [--budget-s 300]``
+Usage: ``python benchmarks/bench_notebooks.py [--profile quick] [--only 02 04] [--budget-s 300] [--smoke]``
+
+``--smoke``: notebook 01 alone, cold only, in the smoke profile (the other notebooks run in
+the smoke profile under nbval in ``make test`` anyway): checks that the script runs.
 """
 
 from __future__ import annotations
@@ -59,7 +62,10 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300.0, help="the budget per notebook, cold (default: 300 s)")
     parser.add_argument("--no-warm", action="store_true", help="skip the warm run")
     parser.add_argument("--keep", default=None, help="copy each cold-run executed notebook (outputs, per-cell timing) into this folder")
+    parser.add_argument("--smoke", action="store_true", help="notebook 01 only, cold, smoke profile: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.profile, args.only, args.no_warm = "smoke", ["01"], True
     notebooks = [p for p in sorted((REPO / "notebooks").glob("[0-9]*.ipynb")) if not args.only or p.name.startswith(tuple(args.only))]
     print(f"profile {args.profile}; machine: {machine()}")
     print("| notebook | cold (s) | warm (s) | budget (s) | cold within budget |\n| --- | ---: | ---: | ---: | --- |", flush=True)

@@ -3,7 +3,9 @@
 Prints images per second per domain and the time for 1000 source frames with masks and
 coordinates, against the goal of 30 s on 2 CPU cores.
 
-    python benchmarks/bench_simulate.py [--n 1000]
+    python benchmarks/bench_simulate.py [--n 1000] [--smoke]
+
+``--smoke``: 20 frames and 2 per domain, seconds (the verdict then means nothing: it checks the script runs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="frames for the headline timing")
     parser.add_argument("--n-per-domain", type=int, default=50, help="frames per domain in the table")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks that the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.n, args.n_per_domain = 20, 2
     print(f"CPU cores: {os.cpu_count()}")
     print("| domain | frames | seconds | frames/s |\n| --- | ---: | ---: | ---: |")
     for name in simulate.DOMAINS:

@@ -829,6 +829,15 @@ def uncertainty_maps(members: np.ndarray, sampling_A_per_px: float | None = None
     return Prediction(mean, members.var(axis=0), entropy.astype(np.float32), information.astype(np.float32), members, sampling_A_per_px)
 
 
+def _padded_to_8(image: np.ndarray) -> np.ndarray:
+    """``image`` reflected at its bottom and right edges up to sides that are multiples of 8 (three 2x poolings).
+
+    >>> _padded_to_8(np.zeros((10, 16))).shape
+    (16, 16)
+    """
+    return np.pad(image, ((0, -image.shape[0] % 8), (0, -image.shape[1] % 8)), mode="reflect")
+
+
 def _blend_window(size: int, overlap: int) -> np.ndarray:
     """Weights that fall smoothly to near zero over ``overlap`` px at the tile edges."""
     ramp = np.ones(size, np.float32)
@@ -980,24 +989,51 @@ class Ensemble:
             raise BadValueError(f"n_members must be between 1 and {self.n_members}, got {n_members!r}")
         return Ensemble.load(self.folder, seeds=self.seeds[:n_members], device=self.device)
 
+    def _packed_input(self, image: np.ndarray, net: PackedUnet) -> torch.Tensor:
+        """One normalised image (sides multiples of 8) as a pack's input: every member sees it, channels last."""
+        x = torch.from_numpy(np.ascontiguousarray(image))[None, None].to(self.device)
+        return x.expand(1, net.n_members, *image.shape).contiguous(memory_format=torch.channels_last)
+
     @torch.inference_mode()
     def _member_probabilities(self, image: np.ndarray, precision: Precision) -> np.ndarray:
-        """(N, H, W) probabilities for one normalised image whose sides are multiples of 8."""
-        x = torch.from_numpy(image)[None, None].to(self.device)
+        """(N, H, W) probabilities for one normalised image whose sides are multiples of 8 (fp32: strict, no TF32)."""
         outputs = []
         for net in self.packs:
-            batch = x.expand(1, net.n_members, *image.shape).contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device, precision):
-                logits = net(batch)
+            with _strict_fp32(self.device) if precision == "fp32" else _autocast(self.device, precision):
+                logits = net(self._packed_input(image, net))
             outputs.append(torch.sigmoid(logits.float())[0, :, 0])
         return torch.cat(outputs).cpu().numpy()
+
+    @torch.inference_mode()
+    def _tile_features(self, image: np.ndarray) -> np.ndarray:
+        """Every member's bottleneck averaged over one normalised image whose sides are multiples of 8,
+        (members x channels,), in strict fp32: the encoder only."""
+        with _strict_fp32(self.device):
+            per_pack = [net.bottleneck_features(self._packed_input(image, net)) for net in self.packs]
+        return torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def _members_and_features(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`_member_probabilities` (in fp32) and :meth:`_tile_features` give for one normalised
+        image whose sides are multiples of 8, from one strict-fp32 pass of the members: the bottleneck
+        is read on its way through the full network (a forward hook), the same tensor the encoder-only
+        pass averages, so the features are identical."""
+        outputs, pooled = [], []
+        with _strict_fp32(self.device):
+            for net in self.packs:
+                hook = net.bn.register_forward_hook(lambda _module, _inputs, bottom: pooled.append(bottom.mean(dim=(-2, -1))))
+                try:
+                    logits = net(self._packed_input(image, net))
+                finally:
+                    hook.remove()
+                outputs.append(torch.sigmoid(logits.float())[0, :, 0])
+        return torch.cat(outputs).cpu().numpy(), torch.cat(pooled, dim=1).float().reshape(-1).cpu().numpy()
 
     def _predict_frame(self, image: np.ndarray, tile: int, overlap_px: int, precision: Precision) -> np.ndarray:
         """Members' probabilities for one normalised frame of any size, tiled with smooth blending."""
         height, width = image.shape
         if max(height, width) <= tile:
-            padded = np.pad(image, ((0, -height % 8), (0, -width % 8)), mode="reflect")
-            return self._member_probabilities(padded, precision)[:, :height, :width]
+            return self._member_probabilities(_padded_to_8(image), precision)[:, :height, :width]
         step = tile - overlap_px
         padded = np.pad(image, ((0, max(tile - height, 0)), (0, max(tile - width, 0))), mode="reflect")
         total = np.zeros((self.n_members, *padded.shape), np.float32)
@@ -1010,6 +1046,14 @@ class Ensemble:
                 total[:, r : r + tile, c : c + tile] += self._member_probabilities(padded[r : r + tile, c : c + tile], precision) * window
                 weight[r : r + tile, c : c + tile] += window
         return (total / weight)[:, :height, :width]
+
+    def _frame_features(self, image: np.ndarray, tile: int) -> np.ndarray:
+        """One normalised frame's features: :meth:`_tile_features` of equal tiles of at most ``tile`` px
+        (none a thin strip), averaged weighted by tile area."""
+        row_parts = np.array_split(np.arange(image.shape[0]), -(-image.shape[0] // tile))
+        col_parts = np.array_split(np.arange(image.shape[1]), -(-image.shape[1] // tile))
+        pieces = [image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] for rows in row_parts for cols in col_parts]
+        return np.average([self._tile_features(_padded_to_8(piece)) for piece in pieces], axis=0, weights=[piece.size for piece in pieces])
 
     def _working_frames(self, array: np.ndarray, sampling_A_per_px: float | None) -> tuple[np.ndarray, list[np.ndarray], bool]:
         """Normalised frames (n, H, W) of a checked image or stack, each resampled to the training
@@ -1030,6 +1074,31 @@ class Ensemble:
             )
         return frames, [resize(f, shape, order=1, preserve_range=True).astype(np.float32) for f, shape in zip(frames, shapes)], True
 
+    def _analysed(
+        self, images: np.ndarray, what: str, sampling_A_per_px: float | None, tile_px: int, overlap_px: int, precision: str, with_features: bool
+    ) -> tuple[Prediction, np.ndarray | None]:
+        """The work of :meth:`predict` and, ``with_features``, :meth:`analyse`: each frame normalised and resampled once."""
+        array = checked_images(images, what)
+        tile, overlap = _check_tiling(tile_px, overlap_px)
+        chosen = resolve_precision(precision, self.device)
+        frames, work_frames, resampled = self._working_frames(array, sampling_A_per_px)
+        results, summaries = [], []
+        for frame, work in zip(frames, work_frames):
+            if with_features and chosen == "fp32" and max(work.shape) <= tile:  # one pass gives both, exactly
+                members, summary = self._members_and_features(_padded_to_8(work))
+                members = members[:, : work.shape[0], : work.shape[1]]
+                summaries.append(summary.astype(np.float64))
+            else:
+                members = self._predict_frame(work, tile, overlap, chosen)
+                if with_features:
+                    summaries.append(self._frame_features(work, tile))
+            if resampled:
+                members = np.stack([resize(m, frame.shape, order=1, preserve_range=True) for m in members]).clip(0, 1).astype(np.float32)
+            results.append(members)
+        stacked = np.stack(results, axis=1)  # (N, n, H, W)
+        prediction = uncertainty_maps(stacked[:, 0] if array.ndim == 2 else stacked, check_sampling(sampling_A_per_px))
+        return prediction, np.array(summaries) if with_features else None
+
     def predict(
         self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, overlap_px: int = 32, precision: str = "auto"
     ) -> Prediction:
@@ -1040,22 +1109,34 @@ class Ensemble:
         and the maps are resampled back: the result is always in the input's pixels.
         Frames larger than ``tile_px`` (a multiple of 8) are predicted in tiles that overlap
         by ``overlap_px`` (less than half a tile). ``precision``: ``"auto"`` (the hardware's
-        native precision), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"``.
+        native precision), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"fp32"`` (plain fp32: no TF32 on GPUs either).
         """
-        array = checked_images(images, "predict")
-        tile, overlap = _check_tiling(tile_px, overlap_px)
-        chosen = resolve_precision(precision, self.device)
-        frames, work_frames, resampled = self._working_frames(array, sampling_A_per_px)
-        results = []
-        for frame, work in zip(frames, work_frames):
-            members = self._predict_frame(work, tile, overlap, chosen)
-            if resampled:
-                members = np.stack([resize(m, frame.shape, order=1, preserve_range=True) for m in members]).clip(0, 1).astype(np.float32)
-            results.append(members)
-        stacked = np.stack(results, axis=1)  # (N, n, H, W)
-        return uncertainty_maps(stacked[:, 0] if array.ndim == 2 else stacked, check_sampling(sampling_A_per_px))
+        return self._analysed(images, "predict", sampling_A_per_px, tile_px, overlap_px, precision, with_features=False)[0]
 
-    @torch.inference_mode()
+    def analyse(
+        self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, overlap_px: int = 32, precision: str = "auto"
+    ) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict` and :meth:`features` of the same image or stack in one call, for a live stream.
+
+        Returns what they give (the same options; ``tile_px`` also sizes the feature tiles), each
+        frame normalised and resampled once. Where the prediction runs in fp32 and a frame fits in
+        one tile, the members run once and the features are read from that pass (the same encoder,
+        the same strict fp32: identical values); in bf16 or fp16 the features take their own
+        encoder-only fp32 pass (about a fifth of the network's work), since sharing a bf16 encoder
+        would change the features and a full fp32 pass costs more than the two
+        (``benchmarks/bench_stream.py`` measures both).
+
+        >>> import tempfile
+        >>> images = np.random.rand(4, 32, 32).astype(np.float32)
+        >>> config = TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1)
+        >>> ensemble = train_ensemble(images, images > 0.9, tempfile.mkdtemp(), n_members=2, sampling_A_per_px=0.1,
+        ...                           architecture=UnetArchitecture(nb_filters=4), config=config, progress=False)
+        >>> prediction, features = ensemble.analyse(images[0])
+        >>> prediction.mean.shape, features.shape, bool(np.array_equal(features, ensemble.features(images[0])))
+        ((32, 32), (1, 64), True)
+        """
+        return self._analysed(images, "analyse", sampling_A_per_px, tile_px, overlap_px, precision, with_features=True)
+
     def features(self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512) -> np.ndarray:
         """Each frame's summary in the members' feature space, (n frames, members x channels).
 
@@ -1064,26 +1145,12 @@ class Ensemble:
         that look alike to the networks lie close together: :class:`elit_utils.ood.ShiftDetector`
         measures how far a frame lies from the source frames. Always computed in plain fp32 (no
         autocast, no TF32), so that a detector fitted on one machine scores alike on another.
+        :meth:`analyse` gives them together with the prediction.
         """
         array = checked_images(images, "features")
         tile, _ = _check_tiling(tile_px, 0)
         _, work_frames, _ = self._working_frames(array, sampling_A_per_px)
-        summaries = []
-        with _strict_fp32(self.device):
-            for work in work_frames:
-                pooled, weights = [], []
-                row_parts = np.array_split(np.arange(work.shape[0]), -(-work.shape[0] // tile))  # equal tiles, none a thin strip
-                col_parts = np.array_split(np.arange(work.shape[1]), -(-work.shape[1] // tile))
-                for rows in row_parts:
-                    for cols in col_parts:
-                        piece = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-                        padded = np.pad(piece, ((0, -piece.shape[0] % 8), (0, -piece.shape[1] % 8)), mode="reflect")
-                        x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
-                        per_pack = [net.bottleneck_features(x.expand(1, net.n_members, *padded.shape).contiguous()) for net in self.packs]
-                        pooled.append(torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy())
-                        weights.append(piece.size)
-                summaries.append(np.average(pooled, axis=0, weights=weights))
-        return np.array(summaries)
+        return np.array([self._frame_features(work, tile) for work in work_frames])
 
 
 def _chosen_seeds(seeds: list[int] | None, available: list[int], folder: Path) -> list[int]:
