@@ -132,3 +132,24 @@ def test_predict_many_without_a_client_is_predict_in_order(tmp_path):
     assert np.array_equal(results[2][1].mean, trained.predict(frames[2], sampling_A_per_px=0.12).mean)
     with pytest.raises(ens.BadValueError, match="one per frame"):
         trained.predict_many(frames, sampling_A_per_px=[0.1, 0.1])
+
+
+def test_the_package_imports_without_dask_and_never_loads_it_on_import():
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    without = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; import elit_utils.ensemble, elit_utils.cli, elit_utils.distributed"
+    assert subprocess.run([sys.executable, "-c", without], capture_output=True, text=True, env=environment).returncode == 0
+    loaded = "import sys, elit_utils.ensemble, elit_utils.cli, elit_utils.distributed; print('dask' in sys.modules or 'distributed' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True, env=environment).stdout.strip() == "False"
+
+
+def test_scheduler_specs():
+    from elit_utils.distributed import parse_scheduler, threads_per_worker
+
+    assert parse_scheduler("local:3") == ("local", 3) and parse_scheduler(" tcp://node7:8786 ") == ("address", "tcp://node7:8786")
+    for bad in ("local:", "local:-1", "local:2.5", "node7:8786", "tcp://", ""):
+        with pytest.raises(ens.BadValueError, match="--scheduler"):
+            parse_scheduler(bad)
+    assert threads_per_worker(3, 8) == 2 and threads_per_worker(16, 8) == 1
