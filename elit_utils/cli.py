@@ -644,10 +644,10 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     with _client(args.scheduler) as client:
         predictions = ensemble.predict_many([f.image for f in frames], client=client, sampling_A_per_px=[f.sampling_A_per_px for f in frames])
         for index, prediction in predictions:
-            line = _write_frame_atoms(out, frames[index], prediction, args.threshold)
+            n_atoms, line = _write_frame_atoms(out, frames[index], prediction, args.threshold)
             run["done"][frames[index].name] = line
             write_json_atomic(out / PREDICT_RUN_FILE, run)
-            _say(f"{frames[index].name}: {line.split(',')[1]} atoms")
+            _say(f"{frames[index].name}: {n_atoms} atoms")
     rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"] + [run["done"][name] for name in planned["frames"]]
     with atomic_path(out / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -679,13 +679,13 @@ def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Pat
     return {**planned, "done": kept}
 
 
-def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float) -> str:
-    """Write one frame's atoms (NAME.csv, atomically) into ``out``; return its line of the summary."""
+def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float) -> tuple[int, str]:
+    """Write one frame's atoms (NAME.csv, atomically) into ``out``; return their number and the frame's line of the summary."""
     from .locate import locate_atoms
 
     atoms = locate_atoms(prediction, threshold=threshold)
     atoms.to_csv(out / f"{frame.name}.csv")
-    return f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
+    return len(atoms), f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
 
 
 def _csv_field(text: str) -> str:

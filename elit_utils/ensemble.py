@@ -793,19 +793,24 @@ def _train_members_as_tasks(
     """Train ``seeds`` on the workers of a Dask ``client``, one member per task; wait for all (the first error is raised)."""
     from distributed import wait
 
-    images, masks = client.scatter([x, y], broadcast=True, hash=False)  # sent once to every worker, not once per task
     run = hashlib.sha256(f"{folder.resolve()}{time.time_ns()}".encode()).hexdigest()[:8]
+    # the data as a task, not scattered: a worker fetches it once from another, and when the workers holding
+    # it die, Dask makes it again from the task (scattered data would be lost, and with it every member's task)
+    data = client.submit(_training_data, x, y, key=f"training-data-{run}")
     task = (architecture, config, identity, device.type)
-    futures = [
-        client.submit(_train_member_task, images, masks, folder, seed, *task, key=f"train-member-{seed:04d}-{run}", retries=TASK_RETRIES) for seed in seeds
-    ]
+    futures = [client.submit(_train_member_task, data, folder, seed, *task, key=f"train-member-{seed:04d}-{run}", retries=TASK_RETRIES) for seed in seeds]
     wait(futures)
     for future in futures:
         future.result()  # raises the first task's error here, with its worker's traceback
 
 
+def _training_data(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training tensors, as a Dask task's result (see :func:`_train_members_as_tasks`)."""
+    return images, masks
+
+
 def _train_member_task(
-    images: torch.Tensor, masks: torch.Tensor, folder: Path, seed: int, architecture: UnetArchitecture, config: TrainingConfig, identity: dict, device_type: str
+    data: tuple[torch.Tensor, torch.Tensor], folder: Path, seed: int, architecture: UnetArchitecture, config: TrainingConfig, identity: dict, device_type: str
 ) -> int:
     """On a Dask worker: train member ``seed`` alone with the worker's share of threads, and write it into ``folder``.
 
@@ -817,7 +822,7 @@ def _train_member_task(
     torch.set_num_threads(max(1, get_worker().state.nthreads))
     device = default_device(device_type)
     precision = resolve_precision(config.precision, device)
-    net, history, seconds = _train_pack(images, masks, [seed], architecture, config, device, progress=False)
+    net, history, seconds = _train_pack(*data, [seed], architecture, config, device, progress=False)
     with Lock(f"elit-model-folder:{folder.resolve()}"):
         _save_member(folder, seed, net.member_state_dict(0), _member_record(identity, seed, precision, seconds, history[:, 0]))
     return seed
