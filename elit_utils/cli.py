@@ -22,6 +22,7 @@ SystemExit: 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -51,6 +52,8 @@ MAX_RESAMPLE_FACTOR = 4.0
 #: Names of outputs: each input's results are named after its full file name plus these.
 PREDICT_SUFFIXES = (".csv", ".png")
 FRAMES_FILE = "frames.csv"
+#: The record of a ``predict --scheduler`` run in its --out: model, options, frames, and the frames done (resumable).
+PREDICT_RUN_FILE = "predict_run.json"
 
 
 # --------------------------------------------------------------------------- messages
@@ -101,7 +104,9 @@ def _interrupted(args: argparse.Namespace) -> str:
     return {
         "train": f"stopped: finished members are kept in {out}/; rerun the same command to resume.",
         "adapt": f"stopped: finished rounds are kept in {out}/; rerun the same command to resume.",
-        "predict": f"stopped: nothing was written to {out}/; rerun the same command to start again.",
+        "predict": f"stopped: the frames finished so far are kept in {out}/ ({PREDICT_RUN_FILE}); rerun the same command to finish the rest."
+        if getattr(args, "scheduler", None)
+        else f"stopped: nothing was written to {out}/; rerun the same command to start again.",
         "simulate": f"stopped: nothing was written to {out}/; rerun the same command to start again.",
         "reproduce": f"stopped: the notebooks run so far are in {out}/notebooks/ (an earlier metrics.json is kept as metrics.<time>.json); "
         "rerun the same command to start again.",
@@ -506,6 +511,7 @@ def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .config import get_profile
+    from .distributed import parse_scheduler
     from .ensemble import check_planned_members, profile_training, train_ensemble
     from .ood import SHIFT_DETECTOR_FILE, ensure_shift_detector
     from .simulate import dataset
@@ -518,13 +524,25 @@ def _train(args: argparse.Namespace) -> int:
         config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
     members = args.members or profile.n_members
     check_planned_members(out, members, first_seed=args.seed * 1000, resize=args.resize)  # before any data is made
+    if args.scheduler:
+        parse_scheduler(args.scheduler)  # a bad spec is refused before any data is made
     created = _missing_folders(out)
     try:
         data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
         _say(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {_shown(out)}/")
-        ensemble = train_ensemble(
-            data.images, data.atom_mask, out, members, data.conditions.sampling_A_per_px, architecture, config, first_seed=args.seed * 1000, resize=args.resize
-        )
+        with _client(args.scheduler) as client:
+            ensemble = train_ensemble(
+                data.images,
+                data.atom_mask,
+                out,
+                members,
+                data.conditions.sampling_A_per_px,
+                architecture,
+                config,
+                first_seed=args.seed * 1000,
+                resize=args.resize,
+                client=client,
+            )
     except Exception:
         _remove_if_empty(created)
         raise
@@ -537,11 +555,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(scheduler: str | None) -> contextlib.AbstractContextManager:
+    """A Dask client for ``--scheduler`` (closed, with the cluster it started, on exit), or None without one."""
+    if not scheduler:
+        return contextlib.nullcontext()
+    from .distributed import client_for
+
+    return client_for(scheduler)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .ensemble import Ensemble
 
     paths, out, model = [Path(p) for p in args.images], Path(args.out), Path(args.model)
     _check_out_folder(out)
+    if args.scheduler:
+        return _predict_on_workers(args, paths, out, model)
     outputs = _output_files(paths, out, PREDICT_SUFFIXES, reserved=(FRAMES_FILE,))
     _check_targets([t for files in outputs.values() for t in files] + [out / FRAMES_FILE], paths, args.overwrite)
     record = _model_record(model)
@@ -584,6 +613,79 @@ def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: 
     with atomic_path(staging / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return lines
+
+
+def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, model: Path) -> int:
+    """``predict --scheduler``: frames as Dask tasks; each frame's atoms written to --out as soon as it is done, and
+    the summary at the end. A run record (:data:`PREDICT_RUN_FILE`) makes a stopped run resumable: the same
+    command finishes the frames not yet written; another model, options or list of frames into it is refused."""
+    from .cache import atomic_path, write_json_atomic
+    from .distributed import parse_scheduler
+    from .ensemble import Ensemble
+
+    parse_scheduler(args.scheduler)
+    outputs = _output_files(paths, out, (".csv",), reserved=(FRAMES_FILE, PREDICT_RUN_FILE))
+    record = _model_record(model)
+    ensemble = Ensemble.load(model)
+    planned = {
+        "model": _shown(model.absolute()),
+        "weights_sha256": {str(seed): sha for seed, sha in ensemble.weights_sha256.items()},
+        "options": {"threshold": args.threshold, "sampling": args.sampling, "frame": args.frame, "allow_resample": args.allow_resample},
+        "frames": [_shown(path.name) for path in paths],
+    }
+    run = _resumed_run(out, planned, [t for files in outputs.values() for t in files] + [out / FRAMES_FILE], paths, args.overwrite)
+    todo = [path for path in paths if _shown(path.name) not in run["done"]]
+    if len(todo) < len(paths):
+        _say(f"Resuming: {len(paths) - len(todo)} of {len(paths)} frames already written to {_shown(out)}/ by this run; predicting the other {len(todo)}")
+    frames = _load_frames(todo, args, float(record["sampling_A_per_px"]))
+    _say(f"note: with --scheduler each image gets NAME.csv (atoms) and a line in {FRAMES_FILE}; no plot and no shift check (run without it for those).")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / PREDICT_RUN_FILE, run)
+    with _client(args.scheduler) as client:
+        predictions = ensemble.predict_many([f.image for f in frames], client=client, sampling_A_per_px=[f.sampling_A_per_px for f in frames])
+        for index, prediction in predictions:
+            n_atoms, line = _write_frame_atoms(out, frames[index], prediction, args.threshold)
+            run["done"][frames[index].name] = line
+            write_json_atomic(out / PREDICT_RUN_FILE, run)
+            _say(f"{frames[index].name}: {n_atoms} atoms")
+    rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"] + [run["done"][name] for name in planned["frames"]]
+    with atomic_path(out / FRAMES_FILE) as tmp:
+        tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _say(f"Wrote {len(paths)} atom tables (NAME.csv) and {FRAMES_FILE} to {_shown(out)}/")
+    return 0
+
+
+def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Path], overwrite: bool) -> dict:
+    """The run record to go on with: a fresh one (checking, as without --scheduler, that no output exists unless
+    --overwrite), or the record in ``out`` of this same run, whose frames done and still present are kept."""
+    path = out / PREDICT_RUN_FILE
+    if overwrite or not path.exists():
+        _check_targets(targets, inputs, overwrite)
+        return {**planned, "done": {}}
+    _check_targets(targets, inputs, overwrite=True)  # outputs never replace inputs, even when resuming
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        differs = [key for key in planned if earlier[key] != planned[key]]
+        done = dict(earlier["done"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise OutputConflictError(f"{_shown(path)} is not a predict run record ({_message(error)}); choose another --out, or pass --overwrite.") from None
+    if differs:
+        what = {"model": "another model folder", "weights_sha256": "other members", "options": "other options", "frames": "other frames"}
+        raise OutputConflictError(
+            f"{_shown(out)} holds a predict run of {', '.join(what[key] for key in differs)} ({_shown(path)}); rerun it with the same model, "
+            "options and frames to finish it, choose another --out, or pass --overwrite to start again there."
+        )
+    kept = {name: line for name, line in done.items() if (out / f"{name}.csv").is_file()}
+    return {**planned, "done": kept}
+
+
+def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float) -> tuple[int, str]:
+    """Write one frame's atoms (NAME.csv, atomically) into ``out``; return their number and the frame's line of the summary."""
+    from .locate import locate_atoms
+
+    atoms = locate_atoms(prediction, threshold=threshold)
+    atoms.to_csv(out / f"{frame.name}.csv")
+    return len(atoms), f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
 
 
 def _csv_field(text: str) -> str:
@@ -699,6 +801,15 @@ def _add_frame_options(command: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _add_scheduler_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="local[:N]|ADDRESS",
+        help=f"run on Dask: local:N starts N worker processes here, tcp://host:8786 uses a running scheduler ({what}; docs/clusters.md)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``elit`` command."""
     from .simulate import DOMAINS
@@ -740,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resize", action="store_true", help="change the size of the ensemble in --out to --members (trains the new members or removes the last ones)"
     )
+    _add_scheduler_option(train, "each member is one task")
     train.set_defaults(handler=_train)
 
     predict = commands.add_parser(
@@ -754,6 +866,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
     predict.add_argument("--out", required=True, help="output folder (created if missing)")
     predict.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
+    _add_scheduler_option(
+        predict, f"each few frames are one task, each frame's NAME.csv is written when done, and a stopped run resumes ({PREDICT_RUN_FILE}); no plots"
+    )
     predict.set_defaults(handler=_predict)
 
     adapt = commands.add_parser(

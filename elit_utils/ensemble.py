@@ -56,6 +56,7 @@ import operator
 import os
 import re
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -718,6 +719,7 @@ def train_ensemble(
     device: str | torch.device | None = None,
     progress: bool = True,
     resize: bool = False,
+    client: object | None = None,
 ) -> Ensemble:
     """Train (or finish training) an ensemble into ``out_dir`` and return it.
 
@@ -730,6 +732,15 @@ def train_ensemble(
     unless ``resize`` is True: then the new members are trained, or the last ones removed
     (the record is rewritten first), and the shift detector fitted on the old members is
     deleted, so that ``elit train`` (or :func:`~elit_utils.ood.ensure_shift_detector`) refits it.
+
+    With a Dask ``client`` (``dask.distributed.Client``; :func:`elit_utils.distributed.client_for`)
+    each member still to train is one task: a worker trains it alone, seeded as in this process,
+    with as many torch threads as the worker has, and writes it into ``out_dir`` (which workers
+    must see: a shared file system on a cluster) with the same atomic writes. On a CPU its weights
+    are bit-identical to the serial run's with the same number of torch threads (CPU sums depend
+    on the thread count). A task whose worker dies is run again on another worker, one that raises
+    up to :data:`TASK_RETRIES` times; finished members are never retrained, and the folder is
+    claimed here, in this process, as without a client.
     """
     architecture = architecture or UnetArchitecture()
     config = config or TrainingConfig()
@@ -750,14 +761,71 @@ def train_ensemble(
     pack = config.members_per_pack or (len(todo) if device.type == "cuda" else 1)
     x = torch.from_numpy(normalize_image(images))[:, None]
     y = torch.from_numpy(masks.astype(np.float32))[:, None]
-    torch.set_num_threads(os.cpu_count() or 1)
     identity = {key: record[key] for key in ("format_version", *IDENTITY_KEYS)}
+    if client is not None:
+        _train_members_as_tasks(client, x, y, folder, todo, architecture, config, identity, device)
+        return Ensemble.load(folder, device=device)
+    torch.set_num_threads(os.cpu_count() or 1)
     for start in range(0, len(todo), max(pack, 1)):
         group = todo[start : start + pack]
         net, history, seconds = _train_pack(x, y, group, architecture, config, device, progress)
         for index, seed in enumerate(group):
             _save_member(folder, seed, net.member_state_dict(index), _member_record(identity, seed, precision, seconds / len(group), history[:, index]))
     return Ensemble.load(folder, device=device)
+
+
+#: How often a member's task that raised is run again (a worker that dies is handled by Dask's
+#: ``distributed.scheduler.allowed-failures``: its tasks go to other workers, up to 3 deaths each).
+TASK_RETRIES = 2
+
+
+def _train_members_as_tasks(
+    client: object,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    folder: Path,
+    seeds: list[int],
+    architecture: UnetArchitecture,
+    config: TrainingConfig,
+    identity: dict,
+    device: torch.device,
+) -> None:
+    """Train ``seeds`` on the workers of a Dask ``client``, one member per task; wait for all (the first error is raised)."""
+    from distributed import wait
+
+    run = hashlib.sha256(f"{folder.resolve()}{time.time_ns()}".encode()).hexdigest()[:8]
+    # the data as a task, not scattered: a worker fetches it once from another, and when the workers holding
+    # it die, Dask makes it again from the task (scattered data would be lost, and with it every member's task)
+    data = client.submit(_training_data, x, y, key=f"training-data-{run}")
+    task = (architecture, config, identity, device.type)
+    futures = [client.submit(_train_member_task, data, folder, seed, *task, key=f"train-member-{seed:04d}-{run}", retries=TASK_RETRIES) for seed in seeds]
+    wait(futures)
+    for future in futures:
+        future.result()  # raises the first task's error here, with its worker's traceback
+
+
+def _training_data(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training tensors, as a Dask task's result (see :func:`_train_members_as_tasks`)."""
+    return images, masks
+
+
+def _train_member_task(
+    data: tuple[torch.Tensor, torch.Tensor], folder: Path, seed: int, architecture: UnetArchitecture, config: TrainingConfig, identity: dict, device_type: str
+) -> int:
+    """On a Dask worker: train member ``seed`` alone with the worker's share of threads, and write it into ``folder``.
+
+    ``ensemble.json`` is rewritten under a cluster-wide lock (its writes read, add one line and
+    replace the file: two workers at once would lose a line).
+    """
+    from distributed import Lock, get_worker
+
+    torch.set_num_threads(max(1, get_worker().state.nthreads))
+    device = default_device(device_type)
+    precision = resolve_precision(config.precision, device)
+    net, history, seconds = _train_pack(*data, [seed], architecture, config, device, progress=False)
+    with Lock(f"elit-model-folder:{folder.resolve()}"):
+        _save_member(folder, seed, net.member_state_dict(0), _member_record(identity, seed, precision, seconds, history[:, 0]))
+    return seed
 
 
 def _check_training_data(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1151,6 +1219,80 @@ class Ensemble:
         tile, _ = _check_tiling(tile_px, 0)
         _, work_frames, _ = self._working_frames(array, sampling_A_per_px)
         return np.array([self._frame_features(work, tile) for work in work_frames])
+
+    def predict_many(
+        self,
+        frames: Sequence[np.ndarray],
+        client: object | None = None,
+        sampling_A_per_px: float | Sequence[float | None] | None = None,
+        frames_per_task: int = 4,
+        **options: object,
+    ) -> Iterator[tuple[int, Prediction]]:
+        """:meth:`predict` over many frames (any sizes): yields ``(frame index, Prediction)``, each equal to ``predict(frames[index])``.
+
+        ``sampling_A_per_px``: one pixel size for all frames, or one per frame. ``options`` go to
+        :meth:`predict` (``tile_px``, ``overlap_px``, ``precision``). Without a ``client`` the
+        frames are predicted here, in order. With a Dask ``client`` every ``frames_per_task`` frames
+        are one task; each worker loads this ensemble's members from :attr:`folder` once (and checks
+        their sha256), and predictions are yielded as their tasks finish, in any order.
+
+        >>> import tempfile
+        >>> images = np.random.rand(3, 32, 32).astype(np.float32)
+        >>> config = TrainingConfig(n_iterations=1, batch_size=2, swa_iterations=0)
+        >>> ensemble = train_ensemble(images, images > 0.9, tempfile.mkdtemp(), 1, 0.1, UnetArchitecture(nb_filters=4), config, progress=False)
+        >>> [(index, prediction.mean.shape) for index, prediction in ensemble.predict_many(list(images))]
+        [(0, (32, 32)), (1, (32, 32)), (2, (32, 32))]
+        """
+        frames = list(frames)
+        many = isinstance(sampling_A_per_px, (list, tuple, np.ndarray))
+        samplings = list(sampling_A_per_px) if many else [sampling_A_per_px] * len(frames)
+        if len(samplings) != len(frames):
+            raise BadValueError(f"sampling_A_per_px lists {len(samplings)} pixel sizes for {len(frames)} frames; give one per frame, or one for all.")
+        per_task = _whole_number(frames_per_task, "frames_per_task", minimum=1)
+        if client is None:
+            return ((index, self.predict(frame, sampling, **options)) for index, (frame, sampling) in enumerate(zip(frames, samplings)))
+        if self.folder is None or not self.weights_sha256:
+            raise BadValueError("predict_many with a client needs an ensemble loaded from its folder (Ensemble.load), which the workers load too.")
+        chunks = [
+            list(zip(range(start, start + per_task), frames[start : start + per_task], samplings[start : start + per_task]))
+            for start in range(0, len(frames), per_task)
+        ]
+        return _predictions_on_workers(client, self.folder, self.weights_sha256, chunks, options)
+
+
+#: Ensembles loaded by :func:`_predict_chunk_task` in this (worker) process: (folder, seeds' sha256) -> Ensemble.
+_LOADED_ON_WORKER: dict[tuple[str, tuple[tuple[int, str], ...]], Ensemble] = {}
+
+
+def _predictions_on_workers(
+    client: object, folder: Path, weights_sha256: dict[int, str], chunks: list[list[tuple[int, np.ndarray, float | None]]], options: dict
+) -> Iterator[tuple[int, Prediction]]:
+    """Submit each chunk of (index, frame, pixel size) as a task; yield (index, Prediction) as tasks finish."""
+    from distributed import as_completed
+
+    members = tuple(sorted(weights_sha256.items()))
+    futures = [client.submit(_predict_chunk_task, folder, members, chunk, options, pure=False) for chunk in chunks]
+    for future in as_completed(futures):
+        yield from future.result()
+        future.release()
+
+
+def _predict_chunk_task(
+    folder: Path, members: tuple[tuple[int, str], ...], chunk: list[tuple[int, np.ndarray, float | None]], options: dict
+) -> list[tuple[int, Prediction]]:
+    """On a Dask worker: predict a chunk of frames with the ensemble of ``folder`` (loaded once per worker and checked against ``members``' sha256)."""
+    from distributed import get_worker
+
+    torch.set_num_threads(max(1, get_worker().state.nthreads))
+    key = (str(Path(folder).resolve()), members)
+    if key not in _LOADED_ON_WORKER:
+        loaded = Ensemble.load(folder, seeds=[seed for seed, _ in members])
+        if tuple(sorted(loaded.weights_sha256.items())) != members:
+            raise BadModelFolderError(f"{folder} changed since the ensemble was loaded (a member's sha256 differs); load it again and rerun.")
+        _LOADED_ON_WORKER.clear()  # one ensemble per worker at a time: a new model replaces the old one in memory
+        _LOADED_ON_WORKER[key] = loaded
+    ensemble = _LOADED_ON_WORKER[key]
+    return [(index, ensemble.predict(frame, sampling, **options)) for index, frame, sampling in chunk]
 
 
 def _chosen_seeds(seeds: list[int] | None, available: list[int], folder: Path) -> list[int]:

@@ -351,3 +351,62 @@ def test_outputs_that_appear_meanwhile_are_never_replaced(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["frames.csv"] and (folder / "frames.csv").read_text() == "the other run's"
     assert cli._move_into(staging, folder, overwrite=True) == ["a.npy.csv", "frames.csv"]
     assert (folder / "frames.csv").read_text() == "mine"
+
+
+def test_predict_on_workers_writes_every_frame_and_a_rerun_finishes_only_the_rest(model, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    from elit_utils import cli
+    from elit_utils.simulate import dataset
+
+    frames = dataset("source", n=12, seed=3, image_size_px=112, cache=False).images
+    names = [f"frame_{index:02d}.npy" for index in range(len(frames))]
+    for name, frame in zip(names, frames):
+        np.save(tmp_path / name, frame)
+    out = tmp_path / "out"
+    argv = ["predict", *(str(tmp_path / name) for name in names), "--model", str(model), "--sampling", "0.1", "--out", str(out), "--scheduler", "local:2"]
+    real, written = cli._write_frame_atoms, []
+
+    def write_then_stop_after_five(out_folder, frame, prediction, threshold):
+        if len(written) == 5:
+            raise KeyboardInterrupt
+        written.append(frame.name)
+        return real(out_folder, frame, prediction, threshold)
+
+    monkeypatch.setattr(cli, "_write_frame_atoms", write_then_stop_after_five)
+    assert main(argv) == 130
+    assert "finish the rest" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.npy.csv")) == sorted(f"{name}.csv" for name in written) and not (out / "frames.csv").exists()
+    stamps = {name: (out / f"{name}.csv").stat().st_mtime_ns for name in written}
+    first = list(written)
+
+    monkeypatch.setattr(cli, "_write_frame_atoms", lambda *args: written.append(args[1].name) or real(*args))
+    assert main(argv) == 0
+    assert "Resuming: 5 of 12 frames" in capsys.readouterr().out
+    assert sorted(written[5:]) == sorted(set(names) - set(first)), "the rerun predicted a finished frame again, or missed one"
+    assert all((out / f"{name}.csv").stat().st_mtime_ns == stamps[name] for name in first)
+    summary = (out / "frames.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in summary[1:]] == names
+    monkeypatch.undo()
+    assert main(["predict", str(tmp_path / names[0]), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "serial")]) == 0
+    assert (tmp_path / "serial" / f"{names[0]}.csv").read_text() == (out / f"{names[0]}.csv").read_text()
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*argv, "--threshold", "0.7"]) == 2
+    assert "holds a predict run of other options" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_bad_scheduler_is_refused_before_any_work(model, tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((64, 64)))
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o"), "--scheduler", "local:x"]) == 2
+    assert "the number of workers must be a whole number" in capsys.readouterr().err
+    assert main(["train", "--members", "1", "--iterations", "1", "--images", "2", "--out", str(tmp_path / "m"), "--scheduler", "cluster"]) == 2
+    assert "is neither local[:N]" in capsys.readouterr().err and not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
+
+
+def test_train_on_local_workers_writes_a_loadable_ensemble(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from elit_utils.ensemble import Ensemble
+
+    assert main(["train", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(tmp_path / "m"), "--scheduler", "local:2"]) == 0
+    assert Ensemble.load(tmp_path / "m").seeds == [0, 1]
