@@ -49,6 +49,10 @@ DEFAULT_PROFILE = "quick"
 #: ``elit train``, used by ``elit predict``, deleted by a resize, since it is then stale).
 SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
 
+#: The trust regions' limit in a model folder (JSON), fitted on fresh source frames by ``elit train``
+#: like the shift detector, used by ``elit predict``, deleted by a resize.
+TRUST_REGIONS_FILE = "trust_regions.json"
+
 #: The most pixels a frame may have once resampled to a model's pixel size (4096 x 4096): a pixel
 #: size in the wrong unit would otherwise make a frame that takes hours and gigabytes to predict.
 MAX_WORK_PX = 4096 * 4096

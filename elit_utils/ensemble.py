@@ -67,7 +67,7 @@ from skimage.transform import resize
 
 from .augment import Augmentation, augment_batch
 from .cache import atomic_path, file_sha256, package_versions, write_json_atomic
-from .config import MAX_WORK_PX, SHIFT_DETECTOR_FILE
+from .config import MAX_WORK_PX, SHIFT_DETECTOR_FILE, TRUST_REGIONS_FILE
 from .errors import BadImageError, BadModelFolderError, BadValueError
 from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
 from .runtime import PRECISIONS, Precision, default_device, resolve_precision
@@ -600,7 +600,8 @@ def _claim_folder(folder: Path, identity: dict, seeds: list[int], resize: bool =
                 f"{folder} holds {_describe_seeds(existing['seeds'])}; a resize keeps the first seed, but {_describe_seeds(seeds)} were asked for "
                 "(another --seed?); choose another output folder (nothing was changed)."
             )
-        (folder / SHIFT_DETECTOR_FILE).unlink(missing_ok=True)  # fitted on the old members: refitted after the resize
+        for fitted in (SHIFT_DETECTOR_FILE, TRUST_REGIONS_FILE):  # fitted on the old members: refitted after the resize
+            (folder / fitted).unlink(missing_ok=True)
         existing = {**existing, "seeds": seeds, "members": {k: v for k, v in existing["members"].items() if int(k) in seeds}}
     elif not (resize or upgrade):
         return existing

@@ -55,7 +55,7 @@ from .ensemble import (
 from .errors import BadImageError, BadValueError
 from .io import check_sampling, normalize_image
 from .locate import MIN_PROMINENCE, locate_atoms
-from .metrics import pooled_scores
+from .metrics import found_in_region, pooled_scores
 from .runtime import resolve_precision
 from .simulate import label_mask
 from .unet import UnetArchitecture
@@ -250,7 +250,12 @@ def should_stop(previous_mi: float, current_mi: float, agreement_f1: float, tole
 
 
 def _score(
-    ensemble: Ensemble, frames: list[np.ndarray], samplings: list[float], truth: list[np.ndarray] | None, threshold: float
+    ensemble: Ensemble,
+    frames: list[np.ndarray],
+    samplings: list[float],
+    truth: list[np.ndarray] | None,
+    threshold: float,
+    clutter: list[np.ndarray] | None = None,
 ) -> tuple[dict, list[np.ndarray]]:
     predictions = [ensemble.predict(frame, sampling_A_per_px=s) for frame, s in zip(frames, samplings)]
     found = [locate_atoms(p, threshold).coordinates_px for p in predictions]
@@ -259,6 +264,9 @@ def _score(
     if truth is not None:
         scores = pooled_scores(found, truth, samplings, 0.5, [f.shape for f in frames], border_A=0.5)
         row.update(f1=scores.f1, precision=scores.precision, recall=scores.recall)
+    if truth is not None and clutter is not None:
+        counts = np.array([found_in_region(f, t, c, s, 0.5, border_A=0.5) for f, t, c, s in zip(found, truth, clutter, samplings)]).reshape(-1, 2).sum(axis=0)
+        row.update(found_in_clutter=int(counts[0]), precision_in_clutter=float(counts[1] / counts[0]) if counts[0] else float("nan"))
     return row, found
 
 
@@ -305,6 +313,7 @@ def adapt(
     truth: list[np.ndarray] | None = None,
     source: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
+    clutter: list[np.ndarray] | None = None,
 ) -> AdaptResult:
     """Adapt ``ensemble`` to unlabelled ``frames`` of known pixel size, round by round.
 
@@ -312,7 +321,9 @@ def adapt(
     pixel size each (A/px); each must be at least 32 px a side at the ensemble's pixel size.
     ``truth`` (atoms per frame, row/col px), when given, adds F1 to the history; ``source``
     (images, masks) are labelled frames mixed in so that the models do not forget; training uses
-    tiles of ``config.tile_px`` (or the smallest frame side, if smaller). Round ``k`` is saved in
+    tiles of ``config.tile_px`` (or the smallest frame side, if smaller). ``clutter`` (a bool mask per
+    frame, e.g. :attr:`~elit_utils.simulate.SimulatedDataset.clutter_mask`), with ``truth``, adds the
+    precision of the atoms found inside clutter (``precision_in_clutter``). Round ``k`` is saved in
     ``out_dir/round_k``; a rerun resumes from the rounds on disk. Everything is checked before
     any folder is written, so a refused start leaves nothing that blocks a corrected rerun.
     """
@@ -332,14 +343,14 @@ def adapt(
     tile = _tile_size(config.tile_px, work, source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    row, previous_found = _score(ensemble, frames, samplings, truth, config.threshold)
+    row, previous_found = _score(ensemble, frames, samplings, truth, config.threshold, clutter)
     history = [{"round": 0, **row}]
     current = ensemble
     for round_index in range(1, config.rounds + 1):
         folder = out / f"round_{round_index}"
         labels = [pseudo_labels(current.predict(w), config, current.sampling_A_per_px) for w in work]
         current = _fine_tune(current, work, labels, source, folder, config, round_index, tile, progress)
-        row, found = _score(current, frames, samplings, truth, config.threshold)
+        row, found = _score(current, frames, samplings, truth, config.threshold, clutter)
         agreement = pooled_scores(found, previous_found, samplings, 0.5).f1
         history.append({"round": round_index, **row, "pseudo_labels": sum(n for _, _, n in labels), "agreement_with_previous": agreement})
         previous_found = found
@@ -490,6 +501,7 @@ def compare_with_baselines(
     true_masks: np.ndarray | None = None,
     progress: bool = True,
     methods: Sequence[str] = METHODS,
+    clutter: list[np.ndarray] | None = None,
 ) -> dict[str, list[dict]]:
     """The uncertainty-masked scheme and the chosen baselines (``methods``, from :data:`METHODS`) on the same
     frames, each a history of rounds (see :func:`adapt`).
@@ -504,6 +516,7 @@ def compare_with_baselines(
 
     Each method works in its own subfolder of ``out_dir`` (:func:`round_folder`), so each resumes on
     its own. The uncertainty-masked scheme always runs; a short run profile leaves out the costly baselines.
+    ``clutter`` masks per frame add the precision inside clutter to every history (see :func:`adapt`).
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -513,17 +526,18 @@ def compare_with_baselines(
     def folder(method: str) -> Path:
         return out / _SUBFOLDERS[method]
 
-    histories = {MASKED: adapt(ensemble, frames, sampling_A_per_px, folder(MASKED), config, truth, source, progress=progress).history}
+    def run(members: Ensemble, method: str, chosen: AdaptConfig) -> list[dict]:
+        return adapt(members, frames, sampling_A_per_px, folder(method), chosen, truth, source, progress, clutter).history
+
+    histories = {MASKED: run(ensemble, MASKED, config)}
     if PAPER in methods:
-        paper = dataclasses.replace(config, mask_uncertain=False, threshold=PAPER_THRESHOLD)
-        histories[PAPER] = adapt(ensemble, frames, sampling_A_per_px, folder(PAPER), paper, truth, source, progress=progress).history
+        histories[PAPER] = run(ensemble, PAPER, dataclasses.replace(config, mask_uncertain=False, threshold=PAPER_THRESHOLD))
     if "single network" in methods:
-        single = ensemble.subset(1)
-        histories["single network"] = adapt(single, frames, sampling_A_per_px, folder("single network"), config, truth, source, progress=progress).history
+        histories["single network"] = run(ensemble.subset(1), "single network", config)
     histories["no adaptation"] = histories[MASKED][:1]
     if true_masks is not None and "true labels" in methods:
         histories["true labels"] = _fine_tune_on_true_labels(
-            ensemble, frames, sampling_A_per_px, folder("true labels"), config, truth, source, true_masks, histories[MASKED][0], progress
+            ensemble, frames, sampling_A_per_px, folder("true labels"), config, truth, source, true_masks, histories[MASKED][0], progress, clutter
         )
     return histories
 
@@ -539,18 +553,22 @@ def _fine_tune_on_true_labels(
     true_masks: np.ndarray,
     before: dict,
     progress: bool,
+    clutter: list[np.ndarray] | None = None,
 ) -> list[dict]:
     """One round of the same fine-tuning budget as all of ELIT's rounds, with the simulator's labels.
 
-    ``before`` is the untouched ensemble's history row (round 0), which is not scored again.
+    ``before`` is the untouched ensemble's history row (round 0), which is not scored again. Frames
+    of another pixel size are resampled to the ensemble's, and their masks with them (nearest pixel).
     """
-    if abs(sampling - ensemble.sampling_A_per_px) > 1e-6:
-        raise ValueError("true-label fine-tuning needs frames at the ensemble's pixel size")
     frames = list(np.asarray(frames, np.float32))
-    labels = [(mask.astype(bool), np.ones(mask.shape, bool), 0) for mask in true_masks]
+    work = [_resample(frame, sampling / ensemble.sampling_A_per_px) for frame in frames]
+    labels = []
+    for mask, frame in zip(true_masks, work):
+        resampled = resize(mask.astype(np.float32), frame.shape, order=0, preserve_range=True) > 0.5 if mask.shape != frame.shape else mask.astype(bool)
+        labels.append((resampled, np.ones(frame.shape, bool), 0))
     budget = dataclasses.replace(config, iterations_per_round=config.iterations_per_round * config.rounds)
-    tuned = _fine_tune(ensemble, frames, labels, source, out, budget, 1, _tile_size(config.tile_px, frames, source), progress)
-    after, _ = _score(tuned, frames, [sampling] * len(frames), truth, config.threshold)
+    tuned = _fine_tune(ensemble, work, labels, source, out, budget, 1, _tile_size(config.tile_px, work, source), progress)
+    after, _ = _score(tuned, frames, [sampling] * len(frames), truth, config.threshold, clutter)
     return [before, {"round": config.rounds, **after}]
 
 

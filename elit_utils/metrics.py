@@ -224,3 +224,25 @@ def pool_scores(per_frame: Sequence[DetectionScores]) -> DetectionScores:
     squared = sum(s.n_matched * s.rmse_A**2 for s in per_frame if s.n_matched)
     rmse = float(np.sqrt(squared / n_matched)) if n_matched else float("nan")
     return DetectionScores(n_true, n_found, n_matched, float(precision), float(recall), float(f1), rmse)
+
+
+def found_in_region(
+    found_px: np.ndarray, true_px: np.ndarray, region: np.ndarray, sampling_A_per_px: float, tolerance_A: float = 0.5, border_A: float = 0.0
+) -> tuple[int, int]:
+    """How many found atoms lie in ``region`` (an (H, W) bool mask) and how many of those are right.
+
+    Atoms are judged as :func:`detection_scores` judges them (matched over the whole frame first),
+    then counted by the pixel they lie on; right / found is the precision inside the region, e.g.
+    inside clutter, where an ensemble may invent atoms.
+
+    >>> region = np.zeros((40, 40), bool); region[:, 20:] = True
+    >>> found_in_region(np.array([[10.0, 10.0], [10.0, 30.0], [30.0, 30.0]]), np.array([[10.0, 30.0]]), region, 0.1)
+    (2, 1)
+    """
+    region = np.asarray(region, bool)
+    if region.ndim != 2:
+        raise ValueError(f"region must be an (H, W) mask, got shape {region.shape}")
+    scored, right = judge_atoms(found_px, true_px, sampling_A_per_px, tolerance_A, region.shape, border_A)
+    pixel = np.clip(np.round(np.asarray(found_px, float).reshape(-1, 2)).astype(int), 0, np.array(region.shape) - 1)
+    inside = scored & region[pixel[:, 0], pixel[:, 1]]
+    return int(inside.sum()), int((inside & right).sum())

@@ -12,9 +12,15 @@ The model, step by step (all quantities in physical units):
 3. **Incoherent HAADF image**: each atom scatters a fraction of the beam onto
    the detector given by its cross-section ``sigma_C (Z/6)^gamma``; the expected
    counts are ``dose x sum_i sigma_i P(r - r_i)``, formed by FFT convolution.
-4. **Specimen and scan effects**: smooth background, amorphous contamination
-   patches (random, unlabelled C atoms), slow linear drift (which moves the
-   labels with the atoms) and scan-line jitter (which does not: it is noise).
+4. **Specimen and scan effects**: smooth background, amorphous hydrocarbon
+   contamination (a thickness map filled with random C and H atoms), slow linear
+   drift (which moves the labels with the atoms) and scan-line jitter (which does
+   not: it is noise).
+
+Every atom is either *of the lattice* (labelled: the network should find it) or
+*clutter* (contamination and adatoms: real atoms that belong to no lattice and carry
+no label). Each frame records where clutter lies (:attr:`SimulatedImage.clutter_mask`),
+so that what a network finds there can be scored apart (precision inside clutter).
 5. **Detector**: Poisson counts at the given dose, Gaussian read noise, gain and
    offset.
 
@@ -38,17 +44,26 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import distance_transform_edt, map_coordinates
 from scipy.spatial import cKDTree
 
 from .cache import cached_arrays
 
 #: Bump when the physics changes, so that cached data sets are rebuilt.
-SIMULATOR_VERSION = 2
+SIMULATOR_VERSION = 3
 
 CARBON_Z = 6
 SILICON_Z = 14
+HYDROGEN_Z = 1
 CLASS_NAMES = ("C", "Si")
+#: Number density of amorphous carbon at 2.0 g/cm^3, atoms per A^3 (graphite: 2.26 g/cm^3).
+AMORPHOUS_CARBON_ATOMS_PER_A3 = 0.100
+#: Pixels within this distance of a clutter atom (C or Si, not H) count as clutter, A: about a C-C
+#: bond, so that a patch of contamination reads as one region and an adatom as a small disc.
+CLUTTER_REACH_A = 1.5
+#: Atoms of two grains closer than this across a grain boundary are merged into one, A
+#: (bonds are 1.42 A; closer pairs would be unphysical).
+GRAIN_MERGE_A = 1.1
 #: Areal density of graphene, atoms per A^2 (2 atoms per cell of a^2 sqrt(3)/2).
 GRAPHENE_ATOMS_PER_A2 = 4.0 / (np.sqrt(3.0) * 2.46**2)
 #: Atoms this far outside the frame still get (cut) mask discs.
@@ -78,6 +93,13 @@ class SampleSpec:
     hole_radius_A: (min, max) radius of a hole.
     strain: uniform strain (e_rr, e_cc, e_rc) in the image frame, fractional.
     rotation_deg: lattice rotation; None draws it uniformly in [0, 60).
+    edge_dopant_fraction: share of the atoms at hole edges (two bonds) that are Si, where Si
+        is often seen in experiments.
+    adatom_density_per_nm2: C adatoms per nm^2, each above the centre of a hexagon (clutter:
+        a real atom, but of no lattice).
+    grain_misorientation_deg: 0 for one grain; otherwise a straight grain boundary crosses the
+        field between two grains rotated this much apart, with the disordered rings (5-7 and
+        others) that joining them leaves (not relaxed).
 
     >>> SampleSpec(dopant_density_per_nm2=1.0).lattice_constant_A
     2.46
@@ -93,10 +115,20 @@ class SampleSpec:
     hole_radius_A: tuple[float, float] = (3.0, 6.0)
     strain: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rotation_deg: float | None = None
+    edge_dopant_fraction: float = 0.0
+    adatom_density_per_nm2: float = 0.0
+    grain_misorientation_deg: float = 0.0
 
     def __post_init__(self) -> None:
         _require(1.0 < self.lattice_constant_A < 5.0, f"lattice_constant_A={self.lattice_constant_A} A is not a lattice constant (graphene: 2.46 A)")
-        for name in ("thermal_jitter_A", "vacancy_density_per_nm2", "divacancy_density_per_nm2", "dopant_density_per_nm2", "hole_density_per_nm2"):
+        for name in (
+            "thermal_jitter_A",
+            "vacancy_density_per_nm2",
+            "divacancy_density_per_nm2",
+            "dopant_density_per_nm2",
+            "hole_density_per_nm2",
+            "adatom_density_per_nm2",
+        ):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         fractions = np.asarray(self.dopant_cluster_fractions, float)
         _require(
@@ -104,6 +136,11 @@ class SampleSpec:
             "dopant_cluster_fractions needs three non-negative shares (single, dimer, trimer)",
         )
         _require(0 < self.hole_radius_A[0] <= self.hole_radius_A[1], "hole_radius_A must be (min, max) with 0 < min <= max")
+        _require(0 <= self.edge_dopant_fraction <= 1, f"edge_dopant_fraction is a share in [0, 1], got {self.edge_dopant_fraction}")
+        _require(
+            0 <= self.grain_misorientation_deg <= 30,
+            f"grain_misorientation_deg must be in [0, 30] degrees (graphene repeats every 60), got {self.grain_misorientation_deg}",
+        )
 
 
 @dataclass(frozen=True)
@@ -133,9 +170,15 @@ class ImagingConditions:
     drift_A_per_frame: specimen drift (rows, cols) during one frame.
     background_fraction: smooth background, relative to graphene's mean signal.
     background_length_A: correlation length of that background.
-    contamination_coverage: fraction of the field covered by amorphous carbon.
+    contamination_coverage: fraction of the field covered by amorphous hydrocarbon (a property
+        of the specimen, kept here because it grows during a session under the beam).
     contamination_length_A: typical size of contamination patches.
-    contamination_atoms_per_A2: areal density of amorphous atoms in a patch.
+    contamination_thickness_A: thickness of the thickest parts of a patch; the thickness rises
+        from zero at a patch's edge, and each pixel holds amorphous carbon atoms in proportion
+        (``AMORPHOUS_CARBON_ATOMS_PER_A3`` x thickness per A^2: 3 A is about as many atoms per
+        area as the graphene sheet).
+    contamination_h_per_c: hydrogen atoms per carbon atom in the contamination (hydrocarbon;
+        H scatters about 5 % of what C does into the HAADF detector).
 
     >>> ImagingConditions(dose_e_per_A2=1e4).sampling_A_per_px
     0.1
@@ -164,7 +207,8 @@ class ImagingConditions:
     background_length_A: float = 12.0
     contamination_coverage: float = 0.0
     contamination_length_A: float = 6.0
-    contamination_atoms_per_A2: float = 0.25
+    contamination_thickness_A: float = 4.0
+    contamination_h_per_c: float = 0.5
 
     def __post_init__(self) -> None:
         _require(
@@ -182,6 +226,10 @@ class ImagingConditions:
         _require(0 <= self.contamination_coverage < 1, f"contamination_coverage is a fraction in [0, 1), got {self.contamination_coverage}")
         for name in ("source_size_fwhm_A", "read_noise_counts", "scan_jitter_px", "background_fraction", "cs_mm"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(
+            self.contamination_thickness_A >= 0 and self.contamination_h_per_c >= 0,
+            "contamination_thickness_A (in A) and contamination_h_per_c must be >= 0",
+        )
         _require(self.gaussian_probe_fwhm_A > 0 and self.carbon_cross_section_A2 > 0, "gaussian_probe_fwhm_A and carbon_cross_section_A2 must be > 0")
 
     @property
@@ -221,6 +269,18 @@ DOMAINS: dict[str, Domain] = {
         _shifted("specimen drift (2, 3) A per frame and 1.5 px scan-line jitter", "drift", drift_A_per_frame=(2.0, 3.0), scan_jitter_px=1.5),
         _shifted(
             "amorphous carbon over 30 % of the field and a strong smooth background", "contamination", contamination_coverage=0.3, background_fraction=1.5
+        ),
+        _shifted(
+            "clutter: amorphous hydrocarbon over 40 % of the field, C adatoms, holes with Si at their edges and a grain boundary",
+            "contaminated",
+            sample=SampleSpec(
+                hole_density_per_nm2=0.15,
+                edge_dopant_fraction=0.2,
+                adatom_density_per_nm2=0.3,
+                grain_misorientation_deg=21.8,
+            ),
+            contamination_coverage=0.4,
+            background_fraction=1.0,
         ),
         _shifted(
             "ten times more Si, plus vacancies and holes with edges",
@@ -268,10 +328,21 @@ class Structure:
     ----------
     positions_A: (n, 2) float64, (row, col) in A from the field's top-left corner.
     atomic_numbers: (n,) int, 6 for C and 14 for Si.
+    clutter: (n,) bool, True for atoms of no lattice (adatoms): imaged, never labelled.
+        None: every atom is of the lattice.
+
+    >>> Structure(np.zeros((2, 2)), np.array([6, 14])).clutter.tolist()
+    [False, False]
     """
 
     positions_A: np.ndarray
     atomic_numbers: np.ndarray
+    clutter: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        clutter = np.zeros(len(self.atomic_numbers), bool) if self.clutter is None else np.asarray(self.clutter, bool)
+        _require(clutter.shape == (len(self.atomic_numbers),), f"clutter needs one flag per atom, got shape {clutter.shape}")
+        object.__setattr__(self, "clutter", clutter)
 
     def __len__(self) -> int:
         return len(self.atomic_numbers)
@@ -331,11 +402,11 @@ def graphene_structure(sample: SampleSpec, field_of_view_A: float, rng: np.rando
     """
     side = field_of_view_A + 2 * margin_A
     rotation = rng.uniform(0, 60) if sample.rotation_deg is None else sample.rotation_deg
-    offset = rng.uniform(0, sample.lattice_constant_A, size=2)
-    positions = graphene_lattice(sample.lattice_constant_A, side / np.sqrt(2) + 2.0, rotation, offset)
-    e_rr, e_cc, e_rc = sample.strain
-    positions = positions @ (np.eye(2) + np.array([[e_rr, e_rc], [e_rc, e_cc]])).T
-    positions += field_of_view_A / 2
+    positions = _strained_grain(sample, side, rotation, rng, field_of_view_A)
+    if sample.grain_misorientation_deg > 0:
+        positions = _grain_boundary(
+            positions, _strained_grain(sample, side, rotation + sample.grain_misorientation_deg, rng, field_of_view_A), field_of_view_A, rng
+        )
     inside = ((positions >= -margin_A - 1.0) & (positions <= field_of_view_A + margin_A + 1.0)).all(axis=1)
     positions = positions[inside]
     area = side * side
@@ -349,6 +420,8 @@ def graphene_structure(sample: SampleSpec, field_of_view_A: float, rng: np.rando
         positions = positions[bonded >= 2]
     numbers = np.full(len(positions), CARBON_Z)
     neighbours = _neighbours(positions)
+    if sample.edge_dopant_fraction > 0:
+        numbers[_edge_atoms(positions, neighbours, field_of_view_A, margin_A, sample.edge_dopant_fraction, rng)] = SILICON_Z
     fractions = np.asarray(sample.dopant_cluster_fractions, float)
     for seed_atom in _pick_sites(rng, sample.dopant_density_per_nm2, area, np.arange(len(positions))):
         size = rng.choice(3, p=fractions / fractions.sum()) + 1
@@ -363,7 +436,63 @@ def graphene_structure(sample: SampleSpec, field_of_view_A: float, rng: np.rando
     keep[np.asarray(removed, int)] = False
     keep |= numbers == SILICON_Z  # a divacancy next to a dopant keeps the dopant
     positions = positions[keep] + rng.normal(0.0, sample.thermal_jitter_A, size=(keep.sum(), 2))
-    return Structure(positions, numbers[keep])
+    lattice = Structure(positions, numbers[keep])
+    return _with_adatoms(lattice, sample.adatom_density_per_nm2, area, rng) if sample.adatom_density_per_nm2 > 0 else lattice
+
+
+def _strained_grain(sample: SampleSpec, side_A: float, rotation_deg: float, rng: np.random.Generator, field_of_view_A: float) -> np.ndarray:
+    """One grain of graphene covering the field (and its margin), randomly shifted, strained, centred on the field."""
+    offset = rng.uniform(0, sample.lattice_constant_A, size=2)
+    positions = graphene_lattice(sample.lattice_constant_A, side_A / np.sqrt(2) + 2.0, rotation_deg, offset)
+    e_rr, e_cc, e_rc = sample.strain
+    return positions @ (np.eye(2) + np.array([[e_rr, e_rc], [e_rc, e_cc]])).T + field_of_view_A / 2
+
+
+def _grain_boundary(first: np.ndarray, second: np.ndarray, field_of_view_A: float, rng: np.random.Generator) -> np.ndarray:
+    """Two grains joined along a straight line through the field's central half, at a random angle.
+
+    Atoms of the two grains closer than ``GRAIN_MERGE_A`` across the line become one atom at
+    their midpoint; what is left is the boundary's disordered rings (not relaxed).
+    """
+    point = rng.uniform(0.25, 0.75, size=2) * field_of_view_A
+    angle = rng.uniform(0, np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])
+    positions = np.vstack([first[(first - point) @ normal < 0], second[(second - point) @ normal >= 0]])
+    merged = np.zeros(len(positions), bool)
+    for i, j in sorted(cKDTree(positions).query_pairs(GRAIN_MERGE_A)):
+        if not (merged[i] or merged[j]):
+            positions[i] = (positions[i] + positions[j]) / 2
+            merged[j] = True
+    return positions[~merged]
+
+
+def _edge_atoms(positions: np.ndarray, neighbours: np.ndarray, field_of_view_A: float, margin_A: float, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A random ``share`` of the atoms with two bonds at hole edges (not at the cut around the field)."""
+    away_from_cut = ((positions >= -margin_A + 1.0) & (positions <= field_of_view_A + margin_A)).all(axis=1)
+    edge = np.flatnonzero(((neighbours >= 0).sum(axis=1) == 2) & away_from_cut)
+    return edge[rng.random(len(edge)) < share]
+
+
+def _with_adatoms(lattice: Structure, density_per_nm2: float, area_A2: float, rng: np.random.Generator) -> Structure:
+    """``lattice`` plus C adatoms above the centres of random hexagons (flagged as clutter).
+
+    A hexagon's centre is ``p_j + p_k - p_i`` for an atom ``i`` and two of its bonded neighbours
+    ``j, k``; centres with an atom within 1 A (defects) are skipped.
+    """
+    neighbours = _neighbours(lattice.positions_A)
+    hosts = np.flatnonzero((neighbours >= 0).sum(axis=1) >= 2)
+    if len(hosts) == 0:
+        return lattice
+    chosen = _pick_sites(rng, density_per_nm2, area_A2, hosts)
+    bonded = [neighbours[i][neighbours[i] >= 0][:2] for i in chosen]
+    centres = np.array([lattice.positions_A[j] + lattice.positions_A[k] - lattice.positions_A[i] for i, (j, k) in zip(chosen, bonded)]).reshape(-1, 2)
+    distance, _ = cKDTree(lattice.positions_A).query(centres) if len(centres) else (np.empty(0), None)
+    centres = np.unique(centres[distance > 1.0].round(3), axis=0)
+    return Structure(
+        np.vstack([lattice.positions_A, centres]),
+        np.r_[lattice.atomic_numbers, np.full(len(centres), CARBON_Z)],
+        np.r_[lattice.clutter, np.ones(len(centres), bool)],
+    )
 
 
 # --------------------------------------------------------------------------- probe
@@ -499,12 +628,16 @@ class SimulatedImage:
     edge_atoms: (j, 3) atoms just outside the frame (within 1 A) whose blobs are cut by the
         edge; they are drawn into the masks, so that every visible blob is labelled, but
         are not in ``atoms``.
+    clutter_mask: (H, W) bool, pixels within ``CLUTTER_REACH_A`` of a clutter atom
+        (contamination or adatom): where anything found is not of the lattice unless it
+        matches a label.
     """
 
     image: np.ndarray
     expected_counts: np.ndarray
     atoms: np.ndarray
     edge_atoms: np.ndarray
+    clutter_mask: np.ndarray
 
 
 def _margin_px(conditions: ImagingConditions) -> int:
@@ -538,15 +671,14 @@ def image_structure(structure: Structure, conditions: ImagingConditions, rng: np
     margin_px = _margin_px(conditions)
     shape = (n + 2 * margin_px, n + 2 * margin_px)
     positions_px = structure.positions_A / s
-    weights = conditions.carbon_cross_section_A2 * (structure.atomic_numbers / CARBON_Z) ** conditions.z_exponent
-    if conditions.contamination_coverage > 0:
-        patches = _random_field(rng, shape, conditions.contamination_length_A / s / 2)
-        covered = patches > np.quantile(patches, 1 - conditions.contamination_coverage)
-        extra = rng.uniform(-margin_px, n + margin_px, size=(rng.poisson(conditions.contamination_atoms_per_A2 * (shape[0] * s) ** 2), 2))
-        pixel = np.clip(np.round(extra + margin_px).astype(int), 0, shape[0] - 1)
-        extra = extra[covered[pixel[:, 0], pixel[:, 1]]]
-        positions_px = np.vstack([positions_px, extra])
-        weights = np.r_[weights, np.full(len(extra), conditions.carbon_cross_section_A2)]
+    numbers = structure.atomic_numbers
+    lattice = ~structure.clutter
+    if conditions.contamination_coverage > 0 and conditions.contamination_thickness_A > 0:
+        extra_px, extra_numbers = contamination_atoms(conditions, shape, rng)
+        positions_px = np.vstack([positions_px, extra_px - margin_px])
+        numbers = np.r_[numbers, extra_numbers]
+        lattice = np.r_[lattice, np.zeros(len(extra_numbers), bool)]
+    weights = conditions.carbon_cross_section_A2 * (numbers / CARBON_Z) ** conditions.z_exponent
     positions_px = _drift(positions_px, np.asarray(conditions.drift_A_per_frame) / s, n)
     scatter = _splat(positions_px + margin_px, weights, shape)
     expected = scipy.fft.irfft2(scipy.fft.rfft2(scatter) * _probe_otf(conditions, shape), s=shape)
@@ -565,13 +697,65 @@ def image_structure(structure: Structure, conditions: ImagingConditions, rng: np
         expected_counts = expected * conditions.dose_e_per_A2
         counts = rng.poisson(expected_counts) + rng.normal(0, conditions.read_noise_counts, size=expected.shape)
     image = conditions.detector_gain * counts + conditions.detector_offset
-    n_lattice = len(structure)
-    label_px = positions_px[:n_lattice]
-    labels = np.column_stack([label_px, structure.atomic_numbers == SILICON_Z]).astype(np.float32)
+    label_px = positions_px[lattice]
+    labels = np.column_stack([label_px, numbers[lattice] == SILICON_Z]).astype(np.float32)
     in_view = ((label_px >= -0.5) & (label_px < n - 0.5)).all(axis=1)
     band_px = EDGE_BAND_A / s
     near = ((label_px >= -0.5 - band_px) & (label_px < n - 0.5 + band_px)).all(axis=1) & ~in_view
-    return SimulatedImage(image.astype(np.float32), expected_counts.astype(np.float32), labels[in_view], labels[near])
+    clutter = _clutter_mask(positions_px[~lattice & (numbers != HYDROGEN_Z)], n, CLUTTER_REACH_A / s)
+    return SimulatedImage(image.astype(np.float32), expected_counts.astype(np.float32), labels[in_view], labels[near], clutter)
+
+
+def contamination_thickness_A(conditions: ImagingConditions, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A map (pixels of ``shape``) of amorphous contamination thickness, in A.
+
+    Patches cover ``contamination_coverage`` of the map; the thickness rises from zero at a
+    patch's edge to ``contamination_thickness_A`` over one standard deviation of the smooth
+    random field that shapes them.
+
+    >>> c = ImagingConditions(contamination_coverage=0.3)
+    >>> t = contamination_thickness_A(c, (128, 128), np.random.default_rng(0))
+    >>> round(float((t > 0).mean()), 2), float(t.max())
+    (0.3, 4.0)
+    """
+    field = _random_field(rng, shape, conditions.contamination_length_A / conditions.sampling_A_per_px / 2)
+    rise = field - np.quantile(field, 1 - conditions.contamination_coverage)
+    return conditions.contamination_thickness_A * np.clip(rise, 0, 1)
+
+
+def contamination_atoms(conditions: ImagingConditions, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (px, in the ``shape`` canvas) and atomic numbers of amorphous hydrocarbon atoms.
+
+    Each pixel holds a Poisson number of C atoms with mean ``AMORPHOUS_CARBON_ATOMS_PER_A3 x
+    thickness x pixel area`` and ``contamination_h_per_c`` times as many H atoms, at uniform
+    random places within the pixel: random light atoms, not a smooth background.
+
+    >>> xy, z = contamination_atoms(ImagingConditions(contamination_coverage=0.3), (64, 64), np.random.default_rng(0))
+    >>> xy.shape[1], sorted(set(z.tolist()))
+    (2, [1, 6])
+    """
+    area_A2 = conditions.sampling_A_per_px**2
+    carbon_per_px = AMORPHOUS_CARBON_ATOMS_PER_A3 * contamination_thickness_A(conditions, shape, rng) * area_A2
+    positions, numbers = [], []
+    for z, mean in ((CARBON_Z, carbon_per_px), (HYDROGEN_Z, carbon_per_px * conditions.contamination_h_per_c)):
+        counts = rng.poisson(mean).ravel()
+        pixels = np.repeat(np.arange(counts.size), counts)
+        centres = np.column_stack(np.unravel_index(pixels, shape)).astype(float)
+        positions.append(centres + rng.uniform(-0.5, 0.5, size=centres.shape))
+        numbers.append(np.full(len(pixels), z))
+    return np.vstack(positions), np.concatenate(numbers)
+
+
+def _clutter_mask(clutter_px: np.ndarray, size_px: int, reach_px: float) -> np.ndarray:
+    """(size, size) bool: pixels within ``reach_px`` of a clutter atom (positions in px)."""
+    pad = int(np.ceil(reach_px)) + 1
+    occupied = np.zeros((size_px + 2 * pad, size_px + 2 * pad), bool)
+    index = np.round(clutter_px).astype(int) + pad
+    ok = ((index >= 0) & (index < size_px + 2 * pad)).all(axis=1)
+    occupied[index[ok, 0], index[ok, 1]] = True
+    if not occupied.any():
+        return np.zeros((size_px, size_px), bool)
+    return (distance_transform_edt(~occupied) <= reach_px)[pad:-pad, pad:-pad]
 
 
 def label_mask(atoms: np.ndarray, shape: tuple[int, int], radius_px: tuple[float, float]) -> np.ndarray:
@@ -614,6 +798,8 @@ class SimulatedDataset:
     label_mask: (n, H, W) uint8, 0 background, 1 C, 2 Si.
     atoms: (m, 4) float32 over all frames: frame index, row px, col px, class.
     seed: the seed that makes this data set again.
+    clutter_mask: (n, H, W) bool, where clutter (contamination, adatoms) lies; see
+        :attr:`SimulatedImage.clutter_mask`.
     """
 
     domain: str
@@ -623,6 +809,7 @@ class SimulatedDataset:
     label_mask: np.ndarray
     atoms: np.ndarray
     seed: int
+    clutter_mask: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -673,17 +860,23 @@ def dataset(
     radius_px = tuple(r / conditions.sampling_A_per_px for r in mask_radius_A)
 
     def build() -> dict[str, np.ndarray]:
-        images, masks, atoms = [], [], []
+        images, masks, atoms, clutter = [], [], [], []
         for index in range(int(n)):
             frame = simulate_image(chosen.sample, conditions, np.random.default_rng([seed, index]))
             images.append(frame.image)
             masks.append(label_mask(np.vstack([frame.atoms, frame.edge_atoms]), frame.image.shape, radius_px))
             atoms.append(np.column_stack([np.full(len(frame.atoms), index, np.float32), frame.atoms]))
-        return {"images": np.stack(images), "label_mask": np.stack(masks), "atoms": np.concatenate(atoms).astype(np.float32)}
+            clutter.append(frame.clutter_mask)
+        return {
+            "images": np.stack(images),
+            "label_mask": np.stack(masks),
+            "atoms": np.concatenate(atoms).astype(np.float32),
+            "clutter_mask": np.stack(clutter),
+        }
 
     config = {"version": SIMULATOR_VERSION, "domain": chosen, "conditions": conditions, "n": int(n), "seed": seed, "mask_radius_A": mask_radius_A}
     arrays = cached_arrays("simulate", config, build) if cache else build()
-    return SimulatedDataset(chosen.name, conditions, chosen.sample, arrays["images"], arrays["label_mask"], arrays["atoms"], seed)
+    return SimulatedDataset(chosen.name, conditions, chosen.sample, arrays["images"], arrays["label_mask"], arrays["atoms"], seed, arrays["clutter_mask"])
 
 
 # --------------------------------------------------------------------------- checks

@@ -124,11 +124,21 @@ class PackedUnet(nn.Module):
         self.px = nn.Conv2d(n * f, n * arch.nb_classes, 1, groups=n)
 
     def _join(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """Concatenate skip and upsampled features member by member (atomai's order: skip first)."""
+        """Concatenate skip and upsampled features member by member (atomai's order: skip first).
+
+        Written into a channels-last tensor through a (B, H, W, members, channels) view rather than
+        concatenated as 5-D tensors: the same values, but the result stays channels-last, so the
+        next convolution does not first convert its input (about a fifth of the network's CPU time).
+        """
         b, _, h, w = skip.shape
         n = self.n_members
-        joined = torch.cat([skip.reshape(b, n, -1, h, w), up.reshape(b, n, -1, h, w)], dim=2)
-        return joined.reshape(b, -1, h, w)
+        c_skip, c_up = skip.shape[1] // n, up.shape[1] // n
+        dtype = torch.promote_types(skip.dtype, up.dtype)
+        joined = torch.empty(b, n * (c_skip + c_up), h, w, dtype=dtype, device=skip.device, memory_format=torch.channels_last)
+        per_member = joined.permute(0, 2, 3, 1).view(b, h, w, n, c_skip + c_up)
+        per_member[..., :c_skip] = skip.permute(0, 2, 3, 1).reshape(b, h, w, n, c_skip)
+        per_member[..., c_skip:] = up.permute(0, 2, 3, 1).reshape(b, h, w, n, c_up)
+        return joined
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.n_members:

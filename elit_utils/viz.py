@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import LinearSegmentedColormap, Normalize, PowerNorm
+from matplotlib.colors import LinearSegmentedColormap, Normalize, PowerNorm, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
@@ -641,4 +641,91 @@ def show_rounds(image: np.ndarray, rounds: dict[int, tuple[np.ndarray, np.ndarra
             ax.set_xticks([])
             ax.set_yticks([])
     fig.colorbar(shown, ax=list(axes[1, 1:]), fraction=0.03, pad=0.02).set_label("nats")
+    return fig
+
+
+# --------------------------------------------------------------------------- clutter
+
+CLUTTER_COLOUR = "#ffd400"  # the true clutter outline: yellow, apart from the atom colours
+UNTRUSTED_COLOUR = "#e7298a"  # trust regions: magenta
+
+
+def show_trust_regions(
+    image: np.ndarray,
+    smoothed_entropy: np.ndarray,
+    untrusted: np.ndarray,
+    sampling_A_per_px: float | None,
+    found: np.ndarray | None = None,
+    right: np.ndarray | None = None,
+    clutter_mask: np.ndarray | None = None,
+) -> Figure:
+    """A frame with its "do not trust" regions, beside the smoothed entropy they come from.
+
+    Left: the image, trust regions shaded magenta, the true clutter outlined yellow (simulated
+    frames only), found atoms as rings (cyan right, red wrong, when ``right`` is given).
+    Right: the area-smoothed predictive entropy (nats) with the region's outline.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> field = np.random.rand(32, 32)
+    >>> fig = show_trust_regions(field, field, field > 0.9, 0.1, np.array([[5.0, 5.0]]), np.array([True]), field > 0.5)
+    >>> [ax.get_title() for ax in fig.axes[:2]]
+    ['trust regions (magenta) and clutter (yellow)', 'area-smoothed entropy']
+    """
+    fig, (left, right_ax) = plt.subplots(1, 2, figsize=(9.6, 4.4), layout="constrained")
+    title = "trust regions (magenta)" + (" and clutter (yellow)" if clutter_mask is not None else "")
+    show_micrograph(left, image, sampling_A_per_px, title)
+    shade = np.zeros((*untrusted.shape, 4), np.float32)
+    shade[untrusted] = to_rgba(UNTRUSTED_COLOUR, 0.35)
+    left.imshow(shade)
+    if clutter_mask is not None and clutter_mask.any():
+        left.contour(clutter_mask, [0.5], colors=[CLUTTER_COLOUR], linewidths=1.2)
+    if found is not None and len(found):
+        ok = np.ones(len(found), bool) if right is None else np.asarray(right, bool)
+        for chosen, colour, name in ((ok, ATOM_COLOURS[0], "right"), (~ok, "red", "wrong")):
+            left.scatter(found[chosen, 1], found[chosen, 0], s=12, facecolors="none", edgecolors=colour, linewidths=0.9, label=name)
+        if right is not None:
+            left.legend(loc="lower left", fontsize=7, framealpha=0.8)
+    shown = right_ax.imshow(smoothed_entropy, cmap="viridis", vmin=0)
+    if untrusted.any():
+        right_ax.contour(untrusted, [0.5], colors=[UNTRUSTED_COLOUR], linewidths=1.2)
+    right_ax.set(xticks=[], yticks=[])
+    right_ax.set_title("area-smoothed entropy", fontsize=10)
+    fig.colorbar(shown, ax=right_ax, fraction=0.046, pad=0.04).set_label("nats")
+    return fig
+
+
+def plot_clutter_study(summary: dict) -> Figure:
+    """F1 (top) and precision of the atoms found inside clutter (bottom) per round, one column per
+    domain, one line per method, with each round's interval over repeats as a band.
+
+    ``summary`` is :func:`elit_utils.clutter.summarise_study`'s.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> entry = {"f1": [0.8, 0.9], "f1_interval": [[0.7, 0.9], [0.85, 0.95]],
+    ...          "precision_in_clutter": [0.5, 0.6], "precision_in_clutter_interval": [[0.4, 0.6], [0.5, 0.7]]}
+    >>> fig = plot_clutter_study({"rounds": 1, "interval": "", "contaminated": {"methods": {"uncertainty-masked": entry}}})
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['F1 (atoms within 0.5 Å)', 'precision inside clutter']
+    """
+    domains = [name for name, value in summary.items() if isinstance(value, dict) and "methods" in value]
+    fig, axes = plt.subplots(2, len(domains), figsize=(4.8 * len(domains), 6.2), squeeze=False, sharex=True)
+    rounds = np.arange(summary["rounds"] + 1)
+    for column, domain in enumerate(domains):
+        for row, (key, label) in enumerate((("f1", "F1 (atoms within 0.5 Å)"), ("precision_in_clutter", "precision inside clutter"))):
+            ax = axes[row, column]
+            for method, entry in summary[domain]["methods"].items():
+                style = METHOD_STYLES.get(method, {"lw": 1.2})
+                ax.plot(rounds, entry[key], label=method, ms=5, **style)
+                low, high = np.array(entry[f"{key}_interval"], float).T
+                ax.fill_between(rounds, low, high, color=style.get("color", "0.5"), alpha=0.12, lw=0)
+            ax.grid(alpha=0.3)
+            ax.set_xticks(rounds)
+            if column == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(domain)
+            else:
+                ax.set_xlabel("round")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     return fig

@@ -194,3 +194,98 @@ def test_structure_exports_to_ase():
     structure = simulate.graphene_structure(CLEAN, 10.0, np.random.default_rng(0))
     atoms = structure.to_ase()
     assert len(atoms) == len(structure) and set(atoms.get_atomic_numbers()) == {6}
+
+
+# --------------------------------------------------------------------------- clutter
+
+
+def _contaminated(coverage: float, seed: int = 0, h_per_c: float = 0.0) -> simulate.SimulatedImage:
+    conditions = dataclasses.replace(NOISELESS, image_size_px=128, contamination_coverage=coverage, contamination_h_per_c=h_per_c)
+    return simulate.simulate_image(CLEAN, conditions, np.random.default_rng(seed))
+
+
+def test_contamination_adds_light_atoms_only_where_the_clutter_mask_says():
+    clean, dirty = _contaminated(0.0), _contaminated(0.3)
+    # the lattice and its labels are the same: contamination is drawn after the specimen
+    assert np.array_equal(clean.atoms, dirty.atoms) and not clean.clutter_mask.any()
+    assert 0.1 < dirty.clutter_mask.mean() < 0.4
+    # away from the clutter (by more than the probe's reach) the image does not change
+    from scipy.ndimage import binary_dilation
+
+    near = binary_dilation(dirty.clutter_mask, iterations=20)
+    difference = np.abs(dirty.image - clean.image) / clean.image.max()
+    assert difference[~near].max() < 0.02 and difference[dirty.clutter_mask].mean() > 0.05
+
+
+def test_contamination_thickness_sets_the_number_of_atoms():
+    conditions = ImagingConditions(contamination_coverage=0.5, contamination_thickness_A=3.0, contamination_h_per_c=1.0)
+    positions_px, numbers = simulate.contamination_atoms(conditions, (800, 800), np.random.default_rng(1))
+    thickness = simulate.contamination_thickness_A(conditions, (800, 800), np.random.default_rng(1))
+    expected_carbon = simulate.AMORPHOUS_CARBON_ATOMS_PER_A3 * thickness.sum() * 0.1**2
+    assert expected_carbon > 500  # Poisson counts: 3 standard deviations are under 14 %
+    assert (numbers == 6).sum() == pytest.approx(expected_carbon, rel=0.14)
+    assert (numbers == 1).sum() == pytest.approx((numbers == 6).sum(), rel=0.2)  # one H per C asked
+    assert (positions_px >= -0.5).all() and (positions_px < 799.5).all()
+
+
+def test_hydrogen_barely_shows_in_haadf():
+    carbon_only, hydrocarbon = _contaminated(0.3), _contaminated(0.3, h_per_c=1.0)
+    extra = (hydrocarbon.image - carbon_only.image)[carbon_only.clutter_mask].mean()
+    contamination = carbon_only.image[carbon_only.clutter_mask].mean() - _contaminated(0.0).image[carbon_only.clutter_mask].mean()
+    assert 0 < extra < 0.15 * contamination  # (1/6)^1.7 = 5 % of a C atom's signal per H
+
+
+def test_adatoms_sit_in_hexagon_centres_and_are_clutter_not_labels():
+    sample = dataclasses.replace(CLEAN, adatom_density_per_nm2=2.0)
+    structure = simulate.graphene_structure(sample, 40.0, np.random.default_rng(0))
+    adatoms = structure.positions_A[structure.clutter]
+    lattice = structure.positions_A[~structure.clutter]
+    assert len(adatoms) == pytest.approx(2.0 * 40.0**2 / 100, rel=0.5)
+    interior = ((adatoms > 3) & (adatoms < 37)).all(axis=1)
+    distances, _ = simulate.cKDTree(lattice).query(adatoms[interior], k=6)
+    assert interior.sum() > 5 and np.allclose(distances, 1.42, atol=0.05)  # six atoms of a hexagon around each
+    frame = simulate.image_structure(structure, dataclasses.replace(NOISELESS, image_size_px=400), np.random.default_rng(0))
+    assert len(frame.atoms) <= (~structure.clutter).sum()
+    in_view = adatoms[((adatoms / 0.1 >= 0) & (adatoms / 0.1 < 399.5)).all(axis=1)] / 0.1
+    assert len(in_view) and frame.clutter_mask[tuple(np.round(in_view).astype(int).T)].all()
+    labelled = simulate.cKDTree(frame.atoms[:, :2]).query(in_view)[0]
+    assert labelled.min() > 10  # no label within 1 A of an adatom
+
+
+def test_grain_boundary_joins_two_rotated_grains_without_overlapping_atoms():
+    sample = dataclasses.replace(CLEAN, grain_misorientation_deg=21.8, rotation_deg=0.0)
+    structure = simulate.graphene_structure(sample, 50.0, np.random.default_rng(3))
+    distances, _ = simulate.cKDTree(structure.positions_A).query(structure.positions_A, k=2)
+    assert distances[:, 1].min() >= simulate.GRAIN_MERGE_A
+    single = simulate.graphene_structure(dataclasses.replace(sample, grain_misorientation_deg=0.0), 50.0, np.random.default_rng(3))
+    interior = lambda s: ((s.positions_A > 3) & (s.positions_A < 47)).all(axis=1)  # noqa: E731
+    odd = lambda s: ((simulate._neighbours(s.positions_A) >= 0).sum(axis=1) != 3)[interior(s)].sum()  # noqa: E731
+    assert odd(single) == 0 and odd(structure) > 5  # the boundary's broken rings, nowhere else
+
+
+def test_edge_dopants_sit_at_hole_edges():
+    sample = dataclasses.replace(CLEAN, hole_density_per_nm2=0.3, edge_dopant_fraction=1.0)
+    structure = simulate.graphene_structure(sample, 60.0, np.random.default_rng(2))
+    silicon = structure.atomic_numbers == simulate.SILICON_Z
+    bonds = (simulate._neighbours(structure.positions_A) >= 0).sum(axis=1)
+    assert silicon.sum() > 5 and (bonds[silicon] == 2).all()
+
+
+def test_contaminated_domain_covers_a_fifth_to_a_half_of_the_field():
+    data = simulate.dataset("contaminated", n=4, seed=0, image_size_px=128, cache=False)
+    assert 0.15 < data.clutter_mask.mean() < 0.5
+    assert data.clutter_mask.shape == data.images.shape and data.clutter_mask.dtype == bool
+    assert (data.atoms[:, 3] == 1).any()  # Si at edges and substitutional sites
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"edge_dopant_fraction": 1.5}, "edge_dopant_fraction"),
+        ({"grain_misorientation_deg": 45.0}, "repeats every 60"),
+        ({"adatom_density_per_nm2": -1}, "adatom"),
+    ],
+)
+def test_bad_clutter_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SampleSpec(**kwargs)
