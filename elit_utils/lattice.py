@@ -515,6 +515,10 @@ def estimate_sampling(image: np.ndarray) -> LatticeEstimate:
         raise BadImageError(f"no graphene lattice (six peaks at 2.13 A) found in this {shape} px frame; pass the pixel size explicitly (--sampling).")
     lattice = _refined(spectrum, _first_order(spectrum, _best(lattices)))
     radii = lattice.first_radii
+    if radii.mean() < FEW_PERIODS * spectrum.bin and np.ptp(radii) / radii.mean() > DISTORTION and lattice.strength < CONFIRMATION_RATIO:
+        # few periods, weak peaks and radii that disagree more than drift stretches them: clutter (amorphous
+        # patches, holes) can lend a spurious ring its evidence; a drifted lattice gives strong peaks
+        raise BadImageError(AMBIGUOUS_MESSAGE)
     b1 = lattice.basis[0]
     return LatticeEstimate(
         sampling_A_per_px=float(FIRST_ORDER_SPACING_A * radii.mean() / spectrum.ratio.shape[0]),

@@ -17,9 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 
-#: Scripts whose ``--smoke`` flag is being added on another branch; the lead empties this set when merging.
-PENDING_SMOKE = {"bench_distributed.py"}
-
 #: A Markdown table: a header separator row such as ``| --- | ---: |``.
 TABLE_SEPARATOR = re.compile(r"^\|( *:?-{3,}:? *\|)+ *$", re.MULTILINE)
 
@@ -28,7 +25,7 @@ def test_benchmarks_are_found():
     assert any(path.name == "bench_ensemble.py" for path in BENCHMARKS), f"no benchmarks found in {REPO / 'benchmarks'}"
 
 
-@pytest.mark.parametrize("script", [path for path in BENCHMARKS if path.name not in PENDING_SMOKE], ids=lambda path: path.name)
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
 def test_benchmark_smoke_run_prints_a_table(script, tmp_path):
     assert "--smoke" in script.read_text(), f"{script.name} has no --smoke flag: give it one (tiny sizes, seconds) so make test runs it"
     env = {**os.environ, "ELIT_CACHE": str(tmp_path / "cache"), "ELIT_RESULTS": str(tmp_path / "results"), "ELIT_PROFILE": "smoke", "MPLBACKEND": "Agg"}
