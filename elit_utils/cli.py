@@ -595,11 +595,11 @@ def _predict(args: argparse.Namespace) -> int:
     _check_out_folder(out)
     if args.scheduler:
         return _predict_on_workers(args, paths, out, model)
-    record = _model_record(model)
-    _check_classes(model, record, args.classes)
     suffixes = PREDICT_SUFFIXES + ((UNTRUSTED_SUFFIX,) if _has_trust_regions(model) else ())
     outputs = _output_files(paths, out, suffixes, reserved=(FRAMES_FILE,))
     _check_targets([t for files in outputs.values() for t in files] + [out / FRAMES_FILE], paths, args.overwrite)
+    record = _model_record(model)
+    _check_classes(model, record, args.classes)
     frames = _load_frames(paths, args, float(record["sampling_A_per_px"]))
     ensemble = Ensemble.load(model)
     detector, trust = _shift_detector(model, ensemble), _trust_regions(model, ensemble)
@@ -708,10 +708,10 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     from .ensemble import Ensemble
 
     parse_scheduler(args.scheduler)
-    record = _model_record(model)
-    _check_classes(model, record, args.classes)
     suffixes = (".csv", UNTRUSTED_SUFFIX) if _has_trust_regions(model) else (".csv",)
     outputs = _output_files(paths, out, suffixes, reserved=(FRAMES_FILE, PREDICT_RUN_FILE))
+    record = _model_record(model)
+    _check_classes(model, record, args.classes)
     ensemble = Ensemble.load(model)
     trust = _trust_regions(model, ensemble)
     planned = {

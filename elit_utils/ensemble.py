@@ -32,6 +32,12 @@ predictive entropy and mutual information (the epistemic part), for one image
 or a stack, with tiling for large frames and resampling to the training pixel
 size.
 
+Two classes (``UnetArchitecture(nb_classes=2)``, masks from :func:`two_class_masks`): each
+member has two sigmoid outputs, "atom" (any element: exactly what the one-class network
+predicts, so every uncertainty map above is of it) and "Si, given an atom"; the second comes
+with the prediction as :attr:`Prediction.class_members` and gives each atom its class
+(:func:`elit_utils.locate.locate_atoms`). One class, the paper's, is the default.
+
 Example
 -------
 >>> import numpy as np, tempfile

@@ -291,7 +291,7 @@ def test_an_input_name_that_is_not_utf8_is_predicted(model, tmp_path, capsys):
     np.save(tmp_path / name, np.random.default_rng(0).random((112, 112)))
     assert main(["predict", str(tmp_path / name), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 0
     assert "caf\ufffd.npy: " in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["caf\ufffd.npy.csv", "caf\ufffd.npy.png", "frames.csv"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["caf\ufffd.npy.csv", "caf\ufffd.npy.png", "caf\ufffd.npy_untrusted.png", "frames.csv"]
     assert (tmp_path / "o" / "frames.csv").read_text(encoding="utf-8").splitlines()[1].startswith("caf\ufffd.npy,")
 
 
