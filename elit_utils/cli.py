@@ -168,6 +168,25 @@ def _probability(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share from 0 to 1.
+
+    >>> _share("0.5")
+    0.5
+    >>> _share("2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '2' is not a share from 0 to 1 (e.g. 0.5)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1 (e.g. 0.5)")
+    return value
+
+
 def _sampling(text: str) -> float | str:
     """An argparse type: a pixel size in A/px (0.01 to 5), or ``auto`` (measured from the graphene lattice).
 
@@ -527,9 +546,8 @@ def _train(args: argparse.Namespace) -> int:
     from .clutter import ensure_trust_regions
     from .config import TRUST_REGIONS_FILE, get_profile
     from .distributed import parse_scheduler
-    from .ensemble import check_planned_members, profile_training, train_ensemble, two_class_masks
+    from .ensemble import check_planned_members, profile_training, simulated_training_data, train_ensemble
     from .ood import SHIFT_DETECTOR_FILE, ensure_shift_detector
-    from .simulate import dataset
 
     out = Path(args.out)
     _check_out_folder(out)
@@ -539,21 +557,25 @@ def _train(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
     members = args.members or profile.n_members
+    if args.dopant_rich_share and args.classes != 2:
+        raise BadValueError(f"--dopant-rich-share {args.dopant_rich_share:g} is for two-class models (Si frames teach Si); add --classes 2.")
     check_planned_members(out, members, first_seed=args.seed * 1000, resize=args.resize)  # before any data is made
     if args.scheduler:
         parse_scheduler(args.scheduler)  # a bad spec is refused before any data is made
     created = _missing_folders(out)
     try:
-        data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
+        n_images = args.images or profile.n_train_images
+        images, masks, sampling = simulated_training_data(args.domain, n_images, args.seed, profile.image_size_px, args.classes, args.dopant_rich_share)
         kind = "two-class (atom, Si) " if args.classes == 2 else ""
-        _say(f"Training {members} {kind}members on {len(data)} {args.domain} images ({profile.name} profile) into {_shown(out)}/")
+        mix = f" ({args.dopant_rich_share:.0%} of them dopant_rich)" if args.dopant_rich_share else ""
+        _say(f"Training {members} {kind}members on {n_images} {args.domain} images{mix} ({profile.name} profile) into {_shown(out)}/")
         with _client(args.scheduler) as client:
             ensemble = train_ensemble(
-                data.images,
-                data.atom_mask if args.classes == 1 else two_class_masks(data),
+                images,
+                masks,
                 out,
                 members,
-                data.conditions.sampling_A_per_px,
+                sampling,
                 architecture,
                 config,
                 first_seed=args.seed * 1000,
@@ -948,6 +970,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(1, 2),
         default=1,
         help="output classes: 1, atom (the paper's, default); 2, atom and Si (predict then fills the class column)",
+    )
+    train.add_argument(
+        "--dopant-rich-share",
+        type=_share,
+        default=0.0,
+        help="with --classes 2: this share of the training images comes from the dopant_rich domain (source frames hold too few Si "
+        "to learn it; 0.5 gave Si F1 0.99 in quick); default 0",
     )
     _add_scheduler_option(train, "each member is one task")
     train.set_defaults(handler=_train)

@@ -1416,14 +1416,10 @@ def cached_ensemble(
     from .simulate import SIMULATOR_VERSION
 
     chosen = get_profile(profile)
-    if n_classes not in (1, 2):
-        raise BadValueError(f"n_classes={n_classes!r}: ELIT Lab trains 1 class (atom, the paper's) or 2 (atom, and Si given an atom).")
     architecture, config = profile_training(chosen)
     architecture = dataclasses.replace(architecture, nb_classes=n_classes)
-    if not (0.0 <= dopant_rich_share <= 1.0) or (dopant_rich_share and n_classes == 1):
-        raise BadValueError(f"dopant_rich_share={dopant_rich_share!r} must be a share in [0, 1], and is for two-class ensembles (n_classes=2) only.")
     members = n_members or chosen.n_members
-    images, masks, sampling = _profile_training_data(chosen, domain, seed, n_classes, dopant_rich_share)
+    images, masks, sampling = simulated_training_data(domain, chosen.n_train_images, seed, chosen.image_size_px, n_classes, dopant_rich_share)
     data_key = [domain, chosen.n_train_images, chosen.image_size_px, seed] + ([dopant_rich_share] if dopant_rich_share else [])
     key = config_hash({"architecture": architecture, "training": config, "data": data_key, "simulator_version": SIMULATOR_VERSION})
     kind = "" if n_classes == 1 else f"-2class{f'-dopant{dopant_rich_share:g}' if dopant_rich_share else ''}"
@@ -1446,13 +1442,28 @@ def two_class_masks(data: object) -> np.ndarray:
     return np.stack([data.atom_mask, data.label_mask == 2], axis=1)
 
 
-def _profile_training_data(profile: object, domain: str, seed: int, n_classes: int, dopant_rich_share: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Training images, masks (one or two classes) and pixel size (A/px) of :func:`cached_ensemble`."""
+def simulated_training_data(
+    domain: str, n_images: int, seed: int, image_size_px: int, n_classes: int = 1, dopant_rich_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Simulated training images (n, H, W), their masks (one class: (n, H, W); two: :func:`two_class_masks`)
+    and their pixel size (A/px), as :func:`cached_ensemble` and ``elit train`` use them.
+
+    ``dopant_rich_share`` (two classes only) replaces that share of the ``domain``'s frames by frames of
+    the ``dopant_rich`` domain (ten times more Si), so that the members see enough Si to learn it.
+
+    >>> images, masks, sampling = simulated_training_data("source", 4, 0, 32, n_classes=2, dopant_rich_share=0.5)
+    >>> images.shape, masks.shape, sampling
+    ((4, 32, 32), (4, 2, 32, 32), 0.1)
+    """
     from .simulate import dataset
 
-    n_dopant_rich = round(profile.n_train_images * dopant_rich_share)
-    parts = [(domain, profile.n_train_images - n_dopant_rich), ("dopant_rich", n_dopant_rich)]
-    sets = [dataset(name, n=n, seed=seed, image_size_px=profile.image_size_px) for name, n in parts if n]
+    if n_classes not in (1, 2):
+        raise BadValueError(f"n_classes={n_classes!r}: ELIT Lab trains 1 class (atom, the paper's) or 2 (atom, and Si given an atom).")
+    if not (0.0 <= dopant_rich_share <= 1.0) or (dopant_rich_share and n_classes == 1):
+        raise BadValueError(f"dopant_rich_share={dopant_rich_share!r} must be a share in [0, 1], and is for two-class ensembles (n_classes=2) only.")
+    n_dopant_rich = round(n_images * dopant_rich_share)
+    parts = [(domain, n_images - n_dopant_rich), ("dopant_rich", n_dopant_rich)]
+    sets = [dataset(name, n=n, seed=seed, image_size_px=image_size_px) for name, n in parts if n]
     samplings = {data.conditions.sampling_A_per_px for data in sets}
     if len(samplings) > 1:
         raise BadValueError(f"{domain} and dopant_rich frames differ in pixel size ({sorted(samplings)} A/px); mix only domains of one pixel size.")

@@ -462,8 +462,12 @@ def test_trust_regions_are_fitted_by_train_and_give_a_mask_and_a_trusted_column(
 def test_two_class_train_and_predict_fill_the_class_column(model, tmp_path, capsys):
     two = tmp_path / "two"
     argv = ["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(two), "--classes", "2"]
-    assert main(argv) == 0
-    assert "two-class" in capsys.readouterr().out and json.loads((two / "ensemble.json").read_text())["architecture"]["nb_classes"] == 2
+    assert main([*argv[:-2], "--dopant-rich-share", "0.5"]) == 2
+    assert "add --classes 2" in capsys.readouterr().err and not two.exists()
+    assert main([*argv, "--dopant-rich-share", "0.5"]) == 0
+    said = capsys.readouterr().out
+    assert "two-class" in said and "50% of them dopant_rich" in said
+    assert json.loads((two / "ensemble.json").read_text())["architecture"]["nb_classes"] == 2
     assert (two / "trust_regions.json").exists()
     np.save(tmp_path / "a.npy", np.random.default_rng(0).random((112, 112)))
     predict = ["predict", str(tmp_path / "a.npy"), "--sampling", "0.1"]
