@@ -51,6 +51,9 @@ MAX_ROUNDS = 100
 MAX_RESAMPLE_FACTOR = 4.0
 #: Names of outputs: each input's results are named after its full file name plus these.
 PREDICT_SUFFIXES = (".csv", ".png")
+#: The name of each input's "do not trust" mask (8-bit PNG, 255 untrusted), after its full file name; written
+#: when the model folder has trust regions.
+UNTRUSTED_SUFFIX = "_untrusted.png"
 FRAMES_FILE = "frames.csv"
 #: The record of a ``predict --scheduler`` run in its --out: model, options, frames, and the frames done (resumable).
 PREDICT_RUN_FILE = "predict_run.json"
@@ -162,6 +165,25 @@ def _probability(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and 0 < value < 1):
         raise argparse.ArgumentTypeError(f"{text!r} is not a probability strictly between 0 and 1 (e.g. 0.5)")
+    return value
+
+
+def _share(text: str) -> float:
+    """An argparse type: a share from 0 to 1.
+
+    >>> _share("0.5")
+    0.5
+    >>> _share("2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '2' is not a share from 0 to 1 (e.g. 0.5)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1 (e.g. 0.5)")
     return value
 
 
@@ -368,6 +390,17 @@ def _model_record(model: Path) -> dict:
     return record
 
 
+def _model_classes(record: dict) -> int:
+    """The model's output classes as its record states them (1 when it does not say: loading checks the architecture).
+
+    >>> _model_classes({"architecture": {"nb_classes": 2}}), _model_classes({"architecture": "damaged"})
+    (2, 1)
+    """
+    architecture = record["architecture"]
+    classes = architecture.get("nb_classes", 1) if isinstance(architecture, dict) else 1
+    return classes if isinstance(classes, int) and not isinstance(classes, bool) else 1
+
+
 def _load_frames(paths: list[Path], args: argparse.Namespace, model_sampling: float) -> list[_Frame]:
     """Read and check every frame, its pixel size and its scale against the model's, before any work."""
     from .io import load_image
@@ -510,33 +543,39 @@ def _write_staged(out: Path, write: Callable[[Path], None], overwrite: bool, int
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .config import get_profile
+    from .clutter import ensure_trust_regions
+    from .config import TRUST_REGIONS_FILE, get_profile
     from .distributed import parse_scheduler
-    from .ensemble import check_planned_members, profile_training, train_ensemble
+    from .ensemble import check_planned_members, profile_training, simulated_training_data, train_ensemble
     from .ood import SHIFT_DETECTOR_FILE, ensure_shift_detector
-    from .simulate import dataset
 
     out = Path(args.out)
     _check_out_folder(out)
     profile = get_profile(args.profile)
     architecture, config = profile_training(profile)
+    architecture = replace(architecture, nb_classes=args.classes)
     if args.iterations is not None:
         config = replace(config, n_iterations=args.iterations, swa_iterations=min(config.swa_iterations, args.iterations))
     members = args.members or profile.n_members
+    if args.dopant_rich_share and args.classes != 2:
+        raise BadValueError(f"--dopant-rich-share {args.dopant_rich_share:g} is for two-class models (Si frames teach Si); add --classes 2.")
     check_planned_members(out, members, first_seed=args.seed * 1000, resize=args.resize)  # before any data is made
     if args.scheduler:
         parse_scheduler(args.scheduler)  # a bad spec is refused before any data is made
     created = _missing_folders(out)
     try:
-        data = dataset(args.domain, n=args.images or profile.n_train_images, seed=args.seed, image_size_px=profile.image_size_px)
-        _say(f"Training {members} members on {len(data)} {args.domain} images ({profile.name} profile) into {_shown(out)}/")
+        n_images = args.images or profile.n_train_images
+        images, masks, sampling = simulated_training_data(args.domain, n_images, args.seed, profile.image_size_px, args.classes, args.dopant_rich_share)
+        kind = "two-class (atom, Si) " if args.classes == 2 else ""
+        mix = f" ({args.dopant_rich_share:.0%} of them dopant_rich)" if args.dopant_rich_share else ""
+        _say(f"Training {members} {kind}members on {n_images} {args.domain} images{mix} ({profile.name} profile) into {_shown(out)}/")
         with _client(args.scheduler) as client:
             ensemble = train_ensemble(
-                data.images,
-                data.atom_mask,
+                images,
+                masks,
                 out,
                 members,
-                data.conditions.sampling_A_per_px,
+                sampling,
                 architecture,
                 config,
                 first_seed=args.seed * 1000,
@@ -549,9 +588,16 @@ def _train(args: argparse.Namespace) -> int:
     final = ensemble.loss_histories()[-10:].mean(axis=0)
     _say(f"Done: {ensemble.n_members} members; final loss per member: {', '.join(f'{v:.3f}' for v in final)}")
     # fitted on fresh frames of the training domain (not the training images); refitted when missing or fitted on other members
-    detector, fitted = ensure_shift_detector(ensemble, profile.n_shift_reference_images, args.seed + 4000, profile.image_size_px, args.domain)
+    fresh = (profile.n_shift_reference_images, args.seed + 4000, profile.image_size_px, args.domain)
+    detector, fitted = ensure_shift_detector(ensemble, *fresh)
     if fitted:
         _say(f"Shift detector fitted on {profile.n_shift_reference_images} fresh {args.domain} frames (limit {detector.limit:.1f}) -> {SHIFT_DETECTOR_FILE}")
+    trust, fitted = ensure_trust_regions(ensemble, *fresh)  # the same fresh frames' settings as the shift detector
+    if fitted:
+        _say(
+            f"Trust regions fitted on {profile.n_shift_reference_images} fresh {args.domain} frames "
+            f"(smoothed entropy over {trust.limit_nats:.3f} nats: {trust.source_area:.0%} of their area) -> {TRUST_REGIONS_FILE}"
+        )
     return 0
 
 
@@ -571,37 +617,97 @@ def _predict(args: argparse.Namespace) -> int:
     _check_out_folder(out)
     if args.scheduler:
         return _predict_on_workers(args, paths, out, model)
-    outputs = _output_files(paths, out, PREDICT_SUFFIXES, reserved=(FRAMES_FILE,))
+    suffixes = PREDICT_SUFFIXES + ((UNTRUSTED_SUFFIX,) if _has_trust_regions(model) else ())
+    outputs = _output_files(paths, out, suffixes, reserved=(FRAMES_FILE,))
     _check_targets([t for files in outputs.values() for t in files] + [out / FRAMES_FILE], paths, args.overwrite)
     record = _model_record(model)
+    _check_classes(model, record, args.classes)
     frames = _load_frames(paths, args, float(record["sampling_A_per_px"]))
     ensemble = Ensemble.load(model)
-    detector = _shift_detector(model, ensemble)
+    detector, trust = _shift_detector(model, ensemble), _trust_regions(model, ensemble)
     summaries: list[str] = []
-    names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold)), args.overwrite)
+    names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold, trust)), args.overwrite)
     for line in summaries:
         _say(line)
-    _say(f"Wrote {len(names)} files to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot), and {FRAMES_FILE}")
+    masks = f", NAME{UNTRUSTED_SUFFIX} (where not to trust the atoms)" if trust is not None else ""
+    _say(f"Wrote {len(names)} files to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot){masks}, and {FRAMES_FILE}")
     return 0
 
 
-def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: Any | None, threshold: float) -> list[str]:
-    """Find the atoms of every frame; write each frame's CSV and PNG and the summary into ``staging``; return one line per frame."""
+def _check_classes(model: Path, record: dict, classes: int | None) -> None:
+    """Refuse ``--classes`` that the model does not have (before any work); None: any model."""
+    trained = _model_classes(record)
+    if classes is not None and classes != trained:
+        remedy = "train one with elit train --classes 2" if classes == 2 else "leave out --classes"
+        raise BadValueError(
+            f"--classes {classes}: {_shown(model)} is a {trained}-class model ({'atom' if trained == 1 else 'atom and Si'}); "
+            f"{remedy}, or pass --model of a {classes}-class model."
+        )
+
+
+def _has_trust_regions(model: Path) -> bool:
+    from .config import TRUST_REGIONS_FILE
+
+    return (model / TRUST_REGIONS_FILE).exists()
+
+
+def _trust_regions(model: Path, ensemble: object) -> object | None:
+    """The model folder's trust regions (checked against ``ensemble``'s members), or None (with a note) when it has none."""
+    from .clutter import TrustRegions
+    from .config import TRUST_REGIONS_FILE
+
+    if not _has_trust_regions(model):
+        _say(f"note: {_shown(model)} has no {TRUST_REGIONS_FILE} (elit train writes one), so no NAME{UNTRUSTED_SUFFIX} masks are written.")
+        return None
+    return TrustRegions.load(model / TRUST_REGIONS_FILE, ensemble=ensemble)
+
+
+def _frame_atoms(prediction: Any, threshold: float, trust: Any | None) -> tuple[Any, Any | None]:
+    """One frame's atoms (with ``trusted`` where there are trust regions) and its "do not trust" mask (None without)."""
+    from .locate import locate_atoms
+
+    atoms = locate_atoms(prediction, threshold=threshold)
+    if trust is None:
+        return atoms, None
+    untrusted = trust.untrusted(prediction)
+    return atoms.with_trust(untrusted), untrusted
+
+
+def _write_untrusted(path: Path, untrusted: Any) -> None:
+    """Write a "do not trust" mask as an 8-bit PNG (255 untrusted, 0 trusted), atomically."""
+    import numpy as np
+    from PIL import Image
+
+    from .cache import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.where(untrusted, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
+
+
+def _untrusted_note(atoms: Any) -> str:
+    """`` (k in untrusted regions)`` for a line of output, or nothing without trust regions."""
+    return "" if atoms.trusted is None else f" ({int((~atoms.trusted).sum())} in untrusted regions)"
+
+
+def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: Any | None, threshold: float, trust: Any | None) -> list[str]:
+    """Find the atoms of every frame; write each frame's CSV, PNG and (with ``trust``) its "do not trust" mask,
+    and the summary, into ``staging``; return one line per frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .cache import atomic_path
-    from .locate import locate_atoms
     from .viz import show_atoms_with_uncertainty
 
     rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"]
     lines = []
     for frame in frames:
         prediction = ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
-        atoms = locate_atoms(prediction, threshold=threshold)
+        atoms, untrusted = _frame_atoms(prediction, threshold, trust)
         atoms.to_csv(staging / f"{frame.name}.csv")
+        if untrusted is not None:
+            _write_untrusted(staging / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
         figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name)
         with atomic_path(staging / f"{frame.name}.png") as tmp:
             figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -609,7 +715,7 @@ def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: 
         mean_mi = float(prediction.mutual_information.mean())
         fields, shift = _shift_check(detector, ensemble, frame)
         rows.append(f"{_csv_field(frame.name)},{len(atoms)},{mean_mi:.5f},{fields}")
-        lines.append(f"{frame.name}: {len(atoms)} atoms, mean frame MI {mean_mi:.4f} nats{shift}")
+        lines.append(f"{frame.name}: {len(atoms)} atoms{_untrusted_note(atoms)}, mean frame MI {mean_mi:.4f} nats{shift}")
     with atomic_path(staging / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return lines
@@ -624,9 +730,12 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     from .ensemble import Ensemble
 
     parse_scheduler(args.scheduler)
-    outputs = _output_files(paths, out, (".csv",), reserved=(FRAMES_FILE, PREDICT_RUN_FILE))
+    suffixes = (".csv", UNTRUSTED_SUFFIX) if _has_trust_regions(model) else (".csv",)
+    outputs = _output_files(paths, out, suffixes, reserved=(FRAMES_FILE, PREDICT_RUN_FILE))
     record = _model_record(model)
+    _check_classes(model, record, args.classes)
     ensemble = Ensemble.load(model)
+    trust = _trust_regions(model, ensemble)
     planned = {
         "model": _shown(model.absolute()),
         "weights_sha256": {str(seed): sha for seed, sha in ensemble.weights_sha256.items()},
@@ -638,16 +747,17 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     if len(todo) < len(paths):
         _say(f"Resuming: {len(paths) - len(todo)} of {len(paths)} frames already written to {_shown(out)}/ by this run; predicting the other {len(todo)}")
     frames = _load_frames(todo, args, float(record["sampling_A_per_px"]))
-    _say(f"note: with --scheduler each image gets NAME.csv (atoms) and a line in {FRAMES_FILE}; no plot and no shift check (run without it for those).")
+    masks = f", NAME{UNTRUSTED_SUFFIX}" if trust is not None else ""
+    _say(f"note: with --scheduler each image gets NAME.csv (atoms){masks} and a line in {FRAMES_FILE}; no plot and no shift check (run without it for those).")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PREDICT_RUN_FILE, run)
     with _client(args.scheduler) as client:
         predictions = ensemble.predict_many([f.image for f in frames], client=client, sampling_A_per_px=[f.sampling_A_per_px for f in frames])
         for index, prediction in predictions:
-            n_atoms, line = _write_frame_atoms(out, frames[index], prediction, args.threshold)
+            found, line = _write_frame_atoms(out, frames[index], prediction, args.threshold, trust)
             run["done"][frames[index].name] = line
             write_json_atomic(out / PREDICT_RUN_FILE, run)
-            _say(f"{frames[index].name}: {n_atoms} atoms")
+            _say(f"{frames[index].name}: {found}")
     rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"] + [run["done"][name] for name in planned["frames"]]
     with atomic_path(out / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -679,13 +789,14 @@ def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Pat
     return {**planned, "done": kept}
 
 
-def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float) -> tuple[int, str]:
-    """Write one frame's atoms (NAME.csv, atomically) into ``out``; return their number and the frame's line of the summary."""
-    from .locate import locate_atoms
-
-    atoms = locate_atoms(prediction, threshold=threshold)
+def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float, trust: Any | None) -> tuple[str, str]:
+    """Write one frame's "do not trust" mask (with ``trust``), then its atoms (NAME.csv), each atomically, into ``out``
+    (so a frame whose CSV exists is complete); return what was found ("N atoms ...") and the frame's line of the summary."""
+    atoms, untrusted = _frame_atoms(prediction, threshold, trust)
+    if untrusted is not None:
+        _write_untrusted(out / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
     atoms.to_csv(out / f"{frame.name}.csv")
-    return len(atoms), f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
+    return f"{len(atoms)} atoms{_untrusted_note(atoms)}", f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
 
 
 def _csv_field(text: str) -> str:
@@ -723,6 +834,8 @@ def _adapt(args: argparse.Namespace) -> int:
     atom_files = _output_files(paths, out / "atoms", (".csv",))
     _check_targets([files[0] for files in atom_files.values()], paths, args.overwrite)
     record = _model_record(model)
+    if _model_classes(record) != 1:
+        raise BadValueError(f"{_shown(model)} is a two-class model (atom and Si); elit adapt adapts one-class models only: pass --model of one.")
     frames = _load_frames(paths, args, float(record["sampling_A_per_px"]))
     created = _missing_folders(out)
     try:
@@ -851,6 +964,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resize", action="store_true", help="change the size of the ensemble in --out to --members (trains the new members or removes the last ones)"
     )
+    train.add_argument(
+        "--classes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="output classes: 1, atom (the paper's, default); 2, atom and Si (predict then fills the class column)",
+    )
+    train.add_argument(
+        "--dopant-rich-share",
+        type=_share,
+        default=0.0,
+        help="with --classes 2: this share of the training images comes from the dopant_rich domain (source frames hold too few Si "
+        "to learn it; 0.5 gave Si F1 0.99 in quick); default 0",
+    )
     _add_scheduler_option(train, "each member is one task")
     train.set_defaults(handler=_train)
 
@@ -858,7 +985,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="find atoms with uncertainty in micrographs (CSV and PNG per image) and check each frame for a shift (frames.csv)",
         description="Find atoms with uncertainty in micrographs. Each image's results are named after its full file name, "
-        f"so that a.npy and a.tif never collide: a.npy gives a.npy.csv (atoms) and a.npy.png (plot); {FRAMES_FILE} sums up every frame. "
+        f"so that a.npy and a.tif never collide: a.npy gives a.npy.csv (atoms) and a.npy.png (plot), and, where the model has trust regions, "
+        f"a.npy{UNTRUSTED_SUFFIX} (255 where the atoms are not to be trusted; the CSV's trusted column); {FRAMES_FILE} sums up every frame. "
         "Everything is written together at the end; a failure leaves --out as it was.",
     )
     predict.add_argument("images", nargs="+", help="image files: .npy .tif .png .h5 .dm3 .dm4 .emd")
@@ -866,6 +994,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
     predict.add_argument("--out", required=True, help="output folder (created if missing)")
     predict.add_argument("--overwrite", action="store_true", help="replace earlier outputs (never an input)")
+    predict.add_argument(
+        "--classes",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="require a model of this many classes (2: atom and Si, class column filled); default: whatever the model has",
+    )
     _add_scheduler_option(
         predict, f"each few frames are one task, each frame's NAME.csv is written when done, and a stopped run resumes ({PREDICT_RUN_FILE}); no plots"
     )

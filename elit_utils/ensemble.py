@@ -32,6 +32,12 @@ predictive entropy and mutual information (the epistemic part), for one image
 or a stack, with tiling for large frames and resampling to the training pixel
 size.
 
+Two classes (``UnetArchitecture(nb_classes=2)``, masks from :func:`two_class_masks`): each
+member has two sigmoid outputs, "atom" (any element: exactly what the one-class network
+predicts, so every uncertainty map above is of it) and "Si, given an atom"; the second comes
+with the prediction as :attr:`Prediction.class_members` and gives each atom its class
+(:func:`elit_utils.locate.locate_atoms`). One class, the paper's, is the default.
+
 Example
 -------
 >>> import numpy as np, tempfile
@@ -198,22 +204,25 @@ def _strict_fp32(device: torch.device) -> object:
 
 
 def _dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    probability = torch.sigmoid(logits).flatten(2)
-    target = target.flatten(2)
+    """Dice loss of (B, members, classes, H, W) logits: summed over members, averaged over classes."""
+    probability = torch.sigmoid(logits).flatten(3)
+    target = target.flatten(3)
     overlap = (probability * target).sum(-1)
-    return (1 - (2 * overlap + 1) / (probability.sum(-1) + target.sum(-1) + 1)).mean(0).sum()
+    return (1 - (2 * overlap + 1) / (probability.sum(-1) + target.sum(-1) + 1)).mean(0).sum() / target.shape[2]
 
 
 def _member_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss summed over members (so each member gets its own gradient) and per member.
 
-    ``weight`` (same shape as ``target``, 0/1) leaves pixels out of the loss, e.g. where
-    pseudo-labels are uncertain.
+    ``logits`` and ``target`` are (B, members, classes, H, W): binary cross-entropy per class
+    channel, averaged over pixels and channels. ``weight`` (B, members, 1, H, W), 0/1, leaves
+    pixels out of the loss in every channel, e.g. where pseudo-labels are uncertain.
     """
     pixel_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if weight is None:
         per_member = pixel_loss.flatten(2).mean(dim=(0, 2))
     else:
+        weight = weight.expand_as(pixel_loss)
         per_member = (pixel_loss * weight).transpose(0, 1).flatten(1).sum(1) / weight.transpose(0, 1).flatten(1).sum(1).clamp(min=1)
     total = per_member.sum()
     if kind == "bce+dice":
@@ -648,14 +657,17 @@ def _train_pack(
 ) -> tuple[PackedUnet, np.ndarray, float]:
     """Train the members ``seeds`` together; return the SWA network, loss history (iters, members), seconds.
 
+    ``masks`` are (n, classes, H, W), one channel per output class of ``architecture``.
     With ``initial_states`` the members start from those weights (fine-tuning) instead of
-    their seeded initialisation; ``weights`` (n, 1, H, W) masks pixels out of the loss;
+    their seeded initialisation; ``weights`` (n, 1, H, W) masks pixels out of the loss (every class);
     ``stream`` selects another random stream for batches and augmentation;
     ``freeze_batch_norm`` keeps the batch-norm statistics of ``initial_states`` (fine-tuning).
     """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
+    if masks.shape[1] != architecture.nb_classes:
+        raise BadValueError(f"masks have {masks.shape[1]} channels for a U-Net of {architecture.nb_classes} classes; give one mask channel per class.")
     if initial_states is None:
         net = PackedUnet.from_seeds(seeds, architecture)
     else:
@@ -683,11 +695,12 @@ def _train_pack(
             batch_x.append(x)
             batch_y.append(y)
         x = torch.cat(batch_x, dim=1).contiguous(memory_format=torch.channels_last)
-        y = torch.stack(batch_y, dim=1)  # (B, members, 1 or 2, H, W): the mask, and the loss weight if any
+        y = torch.stack(batch_y, dim=1)  # (B, members, classes (+ 1), H, W): the masks, and the loss weight if any
         with _autocast(device, precision):
             logits = net(x)
-        weight = y[:, :, 1:] if weights is not None else None
-        loss, per_member = _member_loss(logits.float(), y[:, :, :1], config.loss, weight)
+        classes = architecture.nb_classes
+        weight = y[:, :, classes:] if weights is not None else None
+        loss, per_member = _member_loss(logits.float(), y[:, :, :classes], config.loss, weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # without fp16 the scaler passes everything through unchanged
         scaler.step(optimizer)
@@ -725,8 +738,11 @@ def train_ensemble(
     """Train (or finish training) an ensemble into ``out_dir`` and return it.
 
     ``images`` (n, H, W) are raw intensities (normalised here, per image, as at
-    prediction); ``masks`` (n, H, W) are the atom masks (bool or 0/1). H and W
-    must be multiples of 8. Members have seeds ``first_seed .. first_seed + n_members - 1``.
+    prediction); ``masks`` (n, H, W) are the atom masks (bool or 0/1). For a two-class
+    architecture (``UnetArchitecture(nb_classes=2)``) ``masks`` are (n, 2, H, W): the atom mask
+    (any element: channel 0 means what the one-class network's output means) and the Si mask
+    (channel 1: "Si, given an atom"), e.g. ``np.stack([data.atom_mask, data.label_mask == 2], axis=1)``
+    of a :class:`~elit_utils.simulate.SimulatedDataset`. H and W must be multiples of 8. Members have seeds ``first_seed .. first_seed + n_members - 1``.
 
     A folder that already holds this training resumes it: finished members are kept. A
     folder of another configuration is refused, and so is one of another number of members
@@ -747,7 +763,7 @@ def train_ensemble(
     config = config or TrainingConfig()
     n_members = _whole_number(n_members, "n_members", minimum=1)
     first_seed = _whole_number(first_seed, "first_seed", minimum=0)
-    images, masks = _check_training_data(images, masks)
+    images, masks = _check_training_data(images, masks, architecture.nb_classes)
     sampling = check_sampling(sampling_A_per_px)
     device = default_device(device)
     precision = resolve_precision(config.precision, device)  # refused here, before the folder is touched
@@ -761,7 +777,7 @@ def train_ensemble(
         print(f"Resuming: {len(seeds) - len(todo)} of {len(seeds)} members already trained in {folder}; training the other {len(todo)}")
     pack = config.members_per_pack or (len(todo) if device.type == "cuda" else 1)
     x = torch.from_numpy(normalize_image(images))[:, None]
-    y = torch.from_numpy(masks.astype(np.float32))[:, None]
+    y = torch.from_numpy(masks.astype(np.float32)).reshape(len(masks), architecture.nb_classes, *masks.shape[-2:])
     identity = {key: record[key] for key in ("format_version", *IDENTITY_KEYS)}
     if client is not None:
         _train_members_as_tasks(client, x, y, folder, todo, architecture, config, identity, device)
@@ -829,11 +845,27 @@ def _train_member_task(
     return seed
 
 
-def _check_training_data(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_training_data(images: np.ndarray, masks: np.ndarray, nb_classes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Training images as float32 and their masks as bool, refused (:class:`BadImageError`) when their shapes
+    do not fit each other or the U-Net's ``nb_classes`` (one class: masks (n, H, W); two: (n, 2, H, W)).
+
+    >>> _check_training_data(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), nb_classes=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    elit_utils.errors.BadImageError: a U-Net of 2 classes needs masks (n, 2, H, W) ...
+    """
     images = np.asarray(images, np.float32)
     masks = np.asarray(masks)
-    if images.ndim != 3 or masks.shape != images.shape:
-        raise BadImageError(f"images and masks must both be (n, H, W) and equal in shape, got {images.shape} and {masks.shape}")
+    if images.ndim != 3:
+        raise BadImageError(f"training images must be (n, H, W), got {images.shape}")
+    if nb_classes == 1 and masks.shape != images.shape:
+        hint = " (per-class masks: train with UnetArchitecture(nb_classes=2))" if masks.shape == (len(images), 2, *images.shape[1:]) else ""
+        raise BadImageError(f"images and masks must both be (n, H, W) and equal in shape, got {images.shape} and {masks.shape}{hint}")
+    if nb_classes > 1 and masks.shape != (len(images), nb_classes, *images.shape[1:]):
+        raise BadImageError(
+            f"a U-Net of {nb_classes} classes needs masks (n, {nb_classes}, H, W) for images {images.shape}, got {masks.shape}; "
+            "stack the atom mask and the Si mask, e.g. np.stack([data.atom_mask, data.label_mask == 2], axis=1)."
+        )
     if images.shape[1] % 8 or images.shape[2] % 8 or min(images.shape) == 0:
         raise BadImageError(f"training image sides must be multiples of 8 (three 2x poolings), got {images.shape[1:]}; crop or pad them.")
     if not np.isfinite(images).all():
@@ -858,6 +890,8 @@ class Prediction:
     mutual_information: entropy minus the members' mean entropy (nats): disagreement only.
     members: each member's probability, (N, H, W) or (N, n, H, W).
     sampling_A_per_px: pixel size of these maps (the input image's).
+    class_members: for a two-class ensemble, each member's probability of "Si, given an atom"
+        (the members' shape); None for one class.
     """
 
     mean: np.ndarray
@@ -866,6 +900,16 @@ class Prediction:
     mutual_information: np.ndarray
     members: np.ndarray
     sampling_A_per_px: float | None
+    class_members: np.ndarray | None = None
+
+    @property
+    def si_probability(self) -> np.ndarray | None:
+        """Mean over members of the probability of "Si, given an atom" (None for one class).
+
+        >>> uncertainty_maps(np.zeros((2, 4, 4)), 0.1, class_members=np.full((2, 4, 4), 0.8)).si_probability[0, 0]
+        np.float32(0.8)
+        """
+        return None if self.class_members is None else self.class_members.mean(axis=0)
 
     def frame(self, index: int) -> Prediction:
         """The prediction of frame ``index`` of a stack.
@@ -875,7 +919,8 @@ class Prediction:
         """
         if self.mean.ndim != 3:
             raise ValueError(f"this prediction is of one frame {self.mean.shape}, not a stack")
-        return uncertainty_maps(self.members[:, index], self.sampling_A_per_px)
+        classes = None if self.class_members is None else self.class_members[:, index]
+        return uncertainty_maps(self.members[:, index], self.sampling_A_per_px, classes)
 
 
 def _binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -883,8 +928,9 @@ def _binary_entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p) + (1 - p) * np.log1p(-p))
 
 
-def uncertainty_maps(members: np.ndarray, sampling_A_per_px: float | None = None) -> Prediction:
-    """Mean, variance, entropy and mutual information from member probabilities (N, ...).
+def uncertainty_maps(members: np.ndarray, sampling_A_per_px: float | None = None, class_members: np.ndarray | None = None) -> Prediction:
+    """Mean, variance, entropy and mutual information from member probabilities (N, ...) of "atom";
+    ``class_members`` (the same shape), a two-class ensemble's probabilities of "Si, given an atom", ride along.
 
     >>> agree = uncertainty_maps(np.array([[0.9], [0.9]]))
     >>> disagree = uncertainty_maps(np.array([[0.99], [0.01]]))
@@ -895,7 +941,10 @@ def uncertainty_maps(members: np.ndarray, sampling_A_per_px: float | None = None
     mean = members.mean(axis=0)
     entropy = _binary_entropy(mean)
     information = np.clip(entropy - _binary_entropy(members).mean(axis=0), 0, None)
-    return Prediction(mean, members.var(axis=0), entropy.astype(np.float32), information.astype(np.float32), members, sampling_A_per_px)
+    classes = None if class_members is None else np.asarray(class_members, np.float32)
+    if classes is not None and classes.shape != members.shape:
+        raise ValueError(f"class_members {classes.shape} must have the members' shape {members.shape}")
+    return Prediction(mean, members.var(axis=0), entropy.astype(np.float32), information.astype(np.float32), members, sampling_A_per_px, classes)
 
 
 def _padded_to_8(image: np.ndarray) -> np.ndarray:
@@ -1007,6 +1056,11 @@ class Ensemble:
         return len(self.seeds)
 
     @property
+    def n_classes(self) -> int:
+        """Output classes of the members: 1 ("atom", the paper's), or 2 ("atom" and "Si, given an atom")."""
+        return int(self.record["architecture"]["nb_classes"])
+
+    @property
     def precisions(self) -> dict[int, str | None]:
         """The precision each member was trained in (``"bf16"``, ``"fp16"``, ``"fp32"``; None: not recorded)."""
         return {seed: self.record["members"][str(seed)].get("precision") for seed in self.seeds}
@@ -1065,12 +1119,12 @@ class Ensemble:
 
     @torch.inference_mode()
     def _member_probabilities(self, image: np.ndarray, precision: Precision) -> np.ndarray:
-        """(N, H, W) probabilities for one normalised image whose sides are multiples of 8 (fp32: strict, no TF32)."""
+        """(N, classes, H, W) probabilities for one normalised image whose sides are multiples of 8 (fp32: strict, no TF32)."""
         outputs = []
         for net in self.packs:
             with _strict_fp32(self.device) if precision == "fp32" else _autocast(self.device, precision):
                 logits = net(self._packed_input(image, net))
-            outputs.append(torch.sigmoid(logits.float())[0, :, 0])
+            outputs.append(torch.sigmoid(logits.float())[0])
         return torch.cat(outputs).cpu().numpy()
 
     @torch.inference_mode()
@@ -1095,26 +1149,26 @@ class Ensemble:
                     logits = net(self._packed_input(image, net))
                 finally:
                     hook.remove()
-                outputs.append(torch.sigmoid(logits.float())[0, :, 0])
+                outputs.append(torch.sigmoid(logits.float())[0])
         return torch.cat(outputs).cpu().numpy(), torch.cat(pooled, dim=1).float().reshape(-1).cpu().numpy()
 
     def _predict_frame(self, image: np.ndarray, tile: int, overlap_px: int, precision: Precision) -> np.ndarray:
-        """Members' probabilities for one normalised frame of any size, tiled with smooth blending."""
+        """Members' probabilities (N, classes, H, W) for one normalised frame of any size, tiled with smooth blending."""
         height, width = image.shape
         if max(height, width) <= tile:
-            return self._member_probabilities(_padded_to_8(image), precision)[:, :height, :width]
+            return self._member_probabilities(_padded_to_8(image), precision)[..., :height, :width]
         step = tile - overlap_px
         padded = np.pad(image, ((0, max(tile - height, 0)), (0, max(tile - width, 0))), mode="reflect")
-        total = np.zeros((self.n_members, *padded.shape), np.float32)
+        total = np.zeros((self.n_members, self.n_classes, *padded.shape), np.float32)
         weight = np.zeros(padded.shape, np.float32)
         window = _blend_window(tile, overlap_px)
         rows = sorted({*range(0, padded.shape[0] - tile, step), padded.shape[0] - tile})
         cols = sorted({*range(0, padded.shape[1] - tile, step), padded.shape[1] - tile})
         for r in rows:
             for c in cols:
-                total[:, r : r + tile, c : c + tile] += self._member_probabilities(padded[r : r + tile, c : c + tile], precision) * window
+                total[..., r : r + tile, c : c + tile] += self._member_probabilities(padded[r : r + tile, c : c + tile], precision) * window
                 weight[r : r + tile, c : c + tile] += window
-        return (total / weight)[:, :height, :width]
+        return (total / weight)[..., :height, :width]
 
     def _frame_features(self, image: np.ndarray, tile: int) -> np.ndarray:
         """One normalised frame's features: :meth:`_tile_features` of equal tiles of at most ``tile`` px
@@ -1155,17 +1209,21 @@ class Ensemble:
         for frame, work in zip(frames, work_frames):
             if with_features and chosen == "fp32" and max(work.shape) <= tile:  # one pass gives both, exactly
                 members, summary = self._members_and_features(_padded_to_8(work))
-                members = members[:, : work.shape[0], : work.shape[1]]
+                members = members[..., : work.shape[0], : work.shape[1]]
                 summaries.append(summary.astype(np.float64))
             else:
                 members = self._predict_frame(work, tile, overlap, chosen)
                 if with_features:
                     summaries.append(self._frame_features(work, tile))
             if resampled:
-                members = np.stack([resize(m, frame.shape, order=1, preserve_range=True) for m in members]).clip(0, 1).astype(np.float32)
+                maps = [resize(m, frame.shape, order=1, preserve_range=True) for m in members.reshape(-1, *members.shape[-2:])]
+                members = np.stack(maps).reshape(*members.shape[:2], *frame.shape).clip(0, 1).astype(np.float32)
             results.append(members)
-        stacked = np.stack(results, axis=1)  # (N, n, H, W)
-        prediction = uncertainty_maps(stacked[:, 0] if array.ndim == 2 else stacked, check_sampling(sampling_A_per_px))
+        stacked = np.stack(results, axis=1)  # (N, n, classes, H, W)
+        if array.ndim == 2:
+            stacked = stacked[:, 0]
+        atoms, si = np.ascontiguousarray(stacked[..., 0, :, :]), (np.ascontiguousarray(stacked[..., 1, :, :]) if self.n_classes == 2 else None)
+        prediction = uncertainty_maps(atoms, check_sampling(sampling_A_per_px), si)
         return prediction, np.array(summaries) if with_features else None
 
     def predict(
@@ -1316,7 +1374,7 @@ def _chosen_seeds(seeds: list[int] | None, available: list[int], folder: Path) -
 
 
 def profile_training(profile: str | object | None = None) -> tuple[UnetArchitecture, TrainingConfig]:
-    """The U-Net and training settings of a run profile.
+    """The U-Net (one class) and training settings of a run profile.
 
     >>> architecture, config = profile_training("paper")
     >>> architecture.nb_filters, config.n_iterations, config.batch_size, config.learning_rate
@@ -1333,7 +1391,13 @@ def profile_training(profile: str | object | None = None) -> tuple[UnetArchitect
 
 
 def cached_ensemble(
-    profile: str | object | None = None, domain: str = "source", seed: int = 0, n_members: int | None = None, progress: bool = True
+    profile: str | object | None = None,
+    domain: str = "source",
+    seed: int = 0,
+    n_members: int | None = None,
+    progress: bool = True,
+    n_classes: int = 1,
+    dopant_rich_share: float = 0.0,
 ) -> Ensemble:
     """The profile's ensemble trained on ``domain``: loaded from the cache, finished, or trained.
 
@@ -1341,25 +1405,70 @@ def cached_ensemble(
     architecture, training, data and simulator version (so a change of the physics trains
     afresh); an interrupted training resumes there with the finished members. Asking for
     fewer members than are cached gives the first ones; asking for more trains the others.
+
+    ``n_classes=2`` trains two-class members (:func:`two_class_masks`: "atom" and "Si, given an
+    atom") in their own folder (``...-2class-<hash>``). ``dopant_rich_share`` (two classes only)
+    replaces that share of the training frames by frames of the ``dopant_rich`` domain (ten
+    times more Si), since the source domain has about one Si site per 10 nm^2.
     """
     from .cache import cache_dir
     from .config import config_hash, get_profile
-    from .simulate import SIMULATOR_VERSION, dataset
+    from .simulate import SIMULATOR_VERSION
 
     chosen = get_profile(profile)
     architecture, config = profile_training(chosen)
+    architecture = dataclasses.replace(architecture, nb_classes=n_classes)
     members = n_members or chosen.n_members
-    data = dataset(domain, n=chosen.n_train_images, seed=seed, image_size_px=chosen.image_size_px)
-    data_key = [domain, chosen.n_train_images, chosen.image_size_px, seed]
+    images, masks, sampling = simulated_training_data(domain, chosen.n_train_images, seed, chosen.image_size_px, n_classes, dopant_rich_share)
+    data_key = [domain, chosen.n_train_images, chosen.image_size_px, seed] + ([dopant_rich_share] if dopant_rich_share else [])
     key = config_hash({"architecture": architecture, "training": config, "data": data_key, "simulator_version": SIMULATOR_VERSION})
-    folder = cache_dir() / "ensembles" / f"{domain}-{chosen.name}-{key}"
-    sampling = data.conditions.sampling_A_per_px
+    kind = "" if n_classes == 1 else f"-2class{f'-dopant{dopant_rich_share:g}' if dopant_rich_share else ''}"
+    folder = cache_dir() / "ensembles" / f"{domain}-{chosen.name}{kind}-{key}"
     cached = _cached_size(folder)
     if cached is not None and cached > members:  # a larger ensemble is cached: its first members are the smaller one
-        full = train_ensemble(data.images, data.atom_mask, folder, cached, sampling, architecture, config, first_seed=1000 * seed, progress=progress)
+        full = train_ensemble(images, masks, folder, cached, sampling, architecture, config, first_seed=1000 * seed, progress=progress)
         return full.subset(members)
     grow = cached is not None and cached < members
-    return train_ensemble(data.images, data.atom_mask, folder, members, sampling, architecture, config, first_seed=1000 * seed, progress=progress, resize=grow)
+    return train_ensemble(images, masks, folder, members, sampling, architecture, config, first_seed=1000 * seed, progress=progress, resize=grow)
+
+
+def two_class_masks(data: object) -> np.ndarray:
+    """A simulated dataset's two-class training masks, (n, 2, H, W) bool: "atom" (any element) and "Si".
+
+    >>> from elit_utils.simulate import dataset
+    >>> two_class_masks(dataset("source", n=1, image_size_px=32, cache=False)).shape
+    (1, 2, 32, 32)
+    """
+    return np.stack([data.atom_mask, data.label_mask == 2], axis=1)
+
+
+def simulated_training_data(
+    domain: str, n_images: int, seed: int, image_size_px: int, n_classes: int = 1, dopant_rich_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Simulated training images (n, H, W), their masks (one class: (n, H, W); two: :func:`two_class_masks`)
+    and their pixel size (A/px), as :func:`cached_ensemble` and ``elit train`` use them.
+
+    ``dopant_rich_share`` (two classes only) replaces that share of the ``domain``'s frames by frames of
+    the ``dopant_rich`` domain (ten times more Si), so that the members see enough Si to learn it.
+
+    >>> images, masks, sampling = simulated_training_data("source", 4, 0, 32, n_classes=2, dopant_rich_share=0.5)
+    >>> images.shape, masks.shape, sampling
+    ((4, 32, 32), (4, 2, 32, 32), 0.1)
+    """
+    from .simulate import dataset
+
+    if n_classes not in (1, 2):
+        raise BadValueError(f"n_classes={n_classes!r}: ELIT Lab trains 1 class (atom, the paper's) or 2 (atom, and Si given an atom).")
+    if not (0.0 <= dopant_rich_share <= 1.0) or (dopant_rich_share and n_classes == 1):
+        raise BadValueError(f"dopant_rich_share={dopant_rich_share!r} must be a share in [0, 1], and is for two-class ensembles (n_classes=2) only.")
+    n_dopant_rich = round(n_images * dopant_rich_share)
+    parts = [(domain, n_images - n_dopant_rich), ("dopant_rich", n_dopant_rich)]
+    sets = [dataset(name, n=n, seed=seed, image_size_px=image_size_px) for name, n in parts if n]
+    samplings = {data.conditions.sampling_A_per_px for data in sets}
+    if len(samplings) > 1:
+        raise BadValueError(f"{domain} and dopant_rich frames differ in pixel size ({sorted(samplings)} A/px); mix only domains of one pixel size.")
+    masks = [data.atom_mask if n_classes == 1 else two_class_masks(data) for data in sets]
+    return np.concatenate([data.images for data in sets]), np.concatenate(masks), samplings.pop()
 
 
 def _cached_size(folder: Path) -> int | None:

@@ -10,7 +10,7 @@ Example
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,10 @@ class AtomTable:
     variance: mean variance of the members' probabilities in the footprint.
     vote_fraction: fraction of members whose own map exceeds the threshold in the footprint.
     member_peaks: each member's highest probability in the footprint, (N members, k atoms).
+    si_probability: a two-class ensemble's probability that the atom is Si: each member's mean
+        probability of "Si, given an atom" over the footprint, averaged over members (None: one class).
+    si_uncertainty: the standard deviation over members of that per-member probability (None: one class).
+    trusted: whether the atom's pixel lies outside the frame's trust regions' mask (None: not checked).
     """
 
     rows_px: np.ndarray
@@ -105,6 +109,9 @@ class AtomTable:
     variance: np.ndarray
     vote_fraction: np.ndarray
     member_peaks: np.ndarray | None = None
+    si_probability: np.ndarray | None = None
+    si_uncertainty: np.ndarray | None = None
+    trusted: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows_px)
@@ -114,7 +121,33 @@ class AtomTable:
         peaks = None if self.member_peaks is None else self.member_peaks[:, keep]
         columns = (self.rows_px, self.cols_px, self.mutual_information, self.entropy, self.variance, self.vote_fraction)
         rows, cols, information, entropy, variance, votes = (column[keep] for column in columns)
-        return AtomTable(rows, cols, self.sampling_A_per_px, information, entropy, variance, votes, peaks)
+        si, si_std, trusted = (None if column is None else column[keep] for column in (self.si_probability, self.si_uncertainty, self.trusted))
+        return AtomTable(rows, cols, self.sampling_A_per_px, information, entropy, variance, votes, peaks, si, si_std, trusted)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Each atom's class: 0 (C, or "atom" for a one-class ensemble), 1 (Si: ``si_probability`` > 0.5).
+
+        >>> AtomTable(*[np.zeros(2)] * 2, 0.1, *[np.zeros(2)] * 4, si_probability=np.array([0.2, 0.7])).classes.tolist()
+        [0, 1]
+        """
+        if self.si_probability is None:
+            return np.zeros(len(self), int)
+        return (self.si_probability > 0.5).astype(int)
+
+    def with_trust(self, untrusted: np.ndarray) -> AtomTable:
+        """This table with ``trusted`` filled from a frame's "do not trust" mask (H, W, bool):
+        False where the pixel nearest the atom's centre lies in the mask.
+
+        >>> table = AtomTable(np.array([1.2, 6.0]), np.array([1.0, 6.4]), 0.1, *[np.zeros(2)] * 4)
+        >>> mask = np.zeros((8, 8), bool); mask[5:, 5:] = True
+        >>> table.with_trust(mask).trusted.tolist()
+        [True, False]
+        """
+        untrusted = np.asarray(untrusted, bool)
+        rows = np.clip(np.rint(self.rows_px).astype(int), 0, untrusted.shape[0] - 1)
+        cols = np.clip(np.rint(self.cols_px).astype(int), 0, untrusted.shape[1] - 1)
+        return replace(self, trusted=~untrusted[rows, cols])
 
     @property
     def coordinates_px(self) -> np.ndarray:
@@ -129,18 +162,31 @@ class AtomTable:
         return self.coordinates_px * self.sampling_A_per_px
 
     def to_csv(self, path: str | Path) -> None:
-        """Write one row per atom: row, col (px), y_A, x_A, class, uncertainty (MI), variance, vote fraction.
+        """Write one row per atom: row, col (px), y_A, x_A, class, uncertainty (MI), entropy, variance, vote fraction;
+        then, for a two-class ensemble, si_probability and si_uncertainty, and, where trust was checked, trusted.
 
-        The class is 0 ("atom"): the networks are trained, as in the paper, on one class.
+        The class is 0 (C; "atom" for a one-class ensemble, trained as in the paper) or 1 (Si).
         The file is written atomically.
+
+        >>> import tempfile; from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "atoms.csv"
+        >>> AtomTable(*[np.zeros(1)] * 2, None, *[np.zeros(1)] * 4, si_probability=np.array([0.9]), si_uncertainty=np.zeros(1)).to_csv(path)
+        >>> print(path.read_text())
+        row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction,si_probability,si_uncertainty
+        0.000,0.000,,,1,0.00000,0.00000,0.00000,0.000,0.900,0.000
+        <BLANKLINE>
         """
         from .cache import atomic_path
 
         s = self.sampling_A_per_px
-        lines = ["row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"]
-        for r, c, mi, h, var, vote in zip(self.rows_px, self.cols_px, self.mutual_information, self.entropy, self.variance, self.vote_fraction):
+        header = "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
+        extra = [(name, column) for name, column in (("si_probability", self.si_probability), ("si_uncertainty", self.si_uncertainty)) if column is not None]
+        lines = [header + "".join(f",{name}" for name, _ in extra) + (",trusted" if self.trusted is not None else "")]
+        columns = (self.rows_px, self.cols_px, self.classes, self.mutual_information, self.entropy, self.variance, self.vote_fraction)
+        for index, (r, c, k, mi, h, var, vote) in enumerate(zip(*columns)):
             y, x = (f"{r * s:.3f}", f"{c * s:.3f}") if s else ("", "")
-            lines.append(f"{r:.3f},{c:.3f},{y},{x},0,{mi:.5f},{h:.5f},{var:.5f},{vote:.3f}")
+            line = f"{r:.3f},{c:.3f},{y},{x},{k},{mi:.5f},{h:.5f},{var:.5f},{vote:.3f}" + "".join(f",{column[index]:.3f}" for _, column in extra)
+            lines.append(line + (f",{bool(self.trusted[index])}" if self.trusted is not None else ""))
         with atomic_path(path) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
 
@@ -149,7 +195,9 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     """Atoms from an ensemble prediction of one frame (``mean``, ``members``, ``mutual_information``, ``entropy``, ``variance``).
 
     Centres come from the mean map (:func:`find_atoms`); each atom's uncertainty
-    is averaged over its footprint (:func:`atom_regions`).
+    is averaged over its footprint (:func:`atom_regions`). A two-class prediction (``class_members``,
+    each member's probability of "Si, given an atom") gives each atom its Si probability and its
+    spread over members (:func:`si_per_atom`).
 
     >>> from types import SimpleNamespace
     >>> members = np.zeros((2, 12, 12)); members[:, 3:6, 3:6] = 0.9; members[0, 8:11, 8:11] = 0.9
@@ -169,7 +217,26 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
     variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)
     peaks = member_peaks(members, regions, kept)
-    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, (peaks > threshold).mean(axis=0), peaks)
+    class_members = getattr(prediction, "class_members", None)
+    si, si_std = (None, None) if class_members is None else si_per_atom(np.asarray(class_members), regions, kept)
+    votes = (peaks > threshold).mean(axis=0)
+    return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, votes, peaks, si, si_std)
+
+
+def si_per_atom(class_members: np.ndarray, regions: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each atom's probability of Si and its uncertainty, from members' maps of "Si, given an atom" (N, H, W).
+
+    Each member's probability is averaged over the atom's footprint (``regions`` labels them,
+    ``index`` the atoms wanted); returns the mean over members and the standard deviation over
+    members (members' disagreement about the element), each (k atoms,).
+
+    >>> maps = np.zeros((2, 6, 6)); maps[0, :3, :3] = 0.9; maps[1, :3, :3] = 0.5
+    >>> regions = np.zeros((6, 6), int); regions[:3, :3] = 1
+    >>> [values.round(2).tolist() for values in si_per_atom(maps, regions, np.array([1]))]
+    [[0.7], [0.2]]
+    """
+    per_member = np.array([ndimage.mean(member, regions, index) for member in class_members], float).reshape(len(class_members), -1)
+    return per_member.mean(axis=0), per_member.std(axis=0)
 
 
 def member_peaks(members: np.ndarray, regions: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -131,9 +131,10 @@ def test_train_then_predict_writes_atoms_with_uncertainty(model, tmp_path, capsy
     assert frames[0] == "image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution" and frames[1].startswith("frame.npy,")
     assert frames[1].split(",")[-1] == "True"  # uniform noise is nothing like a graphene frame
     header = (tmp_path / "out" / "frame.npy.csv").read_text().splitlines()[0]
-    assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction"
+    assert header == "row_px,col_px,y_A,x_A,class,uncertainty_mi_nats,entropy_nats,variance,vote_fraction,trusted"
     assert (tmp_path / "out" / "frame.npy.png").stat().st_size > 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame.npy.csv", "frame.npy.png", "frames.csv"]  # no staging left
+    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert made == ["frame.npy.csv", "frame.npy.png", "frame.npy_untrusted.png", "frames.csv"]  # no staging left
     assert main(["predict", str(image), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "out")]) == 2
     assert "already exist" in capsys.readouterr().err
 
@@ -155,7 +156,8 @@ def test_predict_into_the_inputs_folder_never_touches_the_inputs(model, tmp_path
     assert main(["predict", *names, "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path), "--overwrite"]) == 0
     assert {p: d for p, d in _digests(tmp_path).items() if p in inputs} == inputs
     made = {p.name for p in tmp_path.iterdir()} - {p.name for p in inputs}
-    assert made == {"a.npy.csv", "a.npy.png", "a.tif.csv", "a.tif.png", "frames.npy.csv", "frames.npy.png", "frames.csv"}
+    per_input = {name + suffix for name in ("a.npy", "a.tif", "frames.npy") for suffix in (".csv", ".png", "_untrusted.png")}
+    assert made == per_input | {"frames.csv"}
     assert len((tmp_path / "frames.csv").read_text().splitlines()) == 4
     capsys.readouterr()
 
@@ -289,7 +291,7 @@ def test_an_input_name_that_is_not_utf8_is_predicted(model, tmp_path, capsys):
     np.save(tmp_path / name, np.random.default_rng(0).random((112, 112)))
     assert main(["predict", str(tmp_path / name), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 0
     assert "caf\ufffd.npy: " in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["caf\ufffd.npy.csv", "caf\ufffd.npy.png", "frames.csv"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["caf\ufffd.npy.csv", "caf\ufffd.npy.png", "caf\ufffd.npy_untrusted.png", "frames.csv"]
     assert (tmp_path / "o" / "frames.csv").read_text(encoding="utf-8").splitlines()[1].startswith("caf\ufffd.npy,")
 
 
@@ -366,16 +368,17 @@ def test_predict_on_workers_writes_every_frame_and_a_rerun_finishes_only_the_res
     argv = ["predict", *(str(tmp_path / name) for name in names), "--model", str(model), "--sampling", "0.1", "--out", str(out), "--scheduler", "local:2"]
     real, written = cli._write_frame_atoms, []
 
-    def write_then_stop_after_five(out_folder, frame, prediction, threshold):
+    def write_then_stop_after_five(out_folder, frame, prediction, threshold, trust):
         if len(written) == 5:
             raise KeyboardInterrupt
         written.append(frame.name)
-        return real(out_folder, frame, prediction, threshold)
+        return real(out_folder, frame, prediction, threshold, trust)
 
     monkeypatch.setattr(cli, "_write_frame_atoms", write_then_stop_after_five)
     assert main(argv) == 130
     assert "finish the rest" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("*.npy.csv")) == sorted(f"{name}.csv" for name in written) and not (out / "frames.csv").exists()
+    assert sorted(p.name for p in out.glob("*_untrusted.png")) == sorted(f"{name}_untrusted.png" for name in written)
     stamps = {name: (out / f"{name}.csv").stat().st_mtime_ns for name in written}
     first = list(written)
 
@@ -389,6 +392,8 @@ def test_predict_on_workers_writes_every_frame_and_a_rerun_finishes_only_the_res
     monkeypatch.undo()
     assert main(["predict", str(tmp_path / names[0]), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "serial")]) == 0
     assert (tmp_path / "serial" / f"{names[0]}.csv").read_text() == (out / f"{names[0]}.csv").read_text()
+    serial_mask = (tmp_path / "serial" / f"{names[0]}_untrusted.png").read_bytes()
+    assert serial_mask == (out / f"{names[0]}_untrusted.png").read_bytes()
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main([*argv, "--threshold", "0.7"]) == 2
@@ -410,3 +415,75 @@ def test_train_on_local_workers_writes_a_loadable_ensemble(tmp_path, capsys):
 
     assert main(["train", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(tmp_path / "m"), "--scheduler", "local:2"]) == 0
     assert Ensemble.load(tmp_path / "m").seeds == [0, 1]
+
+
+def _mask(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.mode, np.asarray(image)
+
+
+def test_trust_regions_are_fitted_by_train_and_give_a_mask_and_a_trusted_column(model, tmp_path, capsys):
+    import shutil
+
+    from elit_utils.clutter import TrustRegions
+    from elit_utils.ensemble import Ensemble
+
+    trust = TrustRegions.load(model / "trust_regions.json", ensemble=Ensemble.load(model))  # fitted on these members
+    frame = np.random.default_rng(2).random((112, 120))
+    frame[20:60, 30:80] = np.random.default_rng(3).random((40, 50)) * 3  # something no graphene frame looks like
+    np.save(tmp_path / "a.npy", frame)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(out)]) == 0
+    assert "in untrusted regions" in capsys.readouterr().out
+    mode, mask = _mask(out / "a.npy_untrusted.png")
+    assert mode == "L" and mask.shape == frame.shape and set(np.unique(mask)) <= {0, 255}
+    prediction = Ensemble.load(model).predict(frame, sampling_A_per_px=0.1)
+    assert np.array_equal(mask == 255, trust.untrusted(prediction))
+    rows = [line.split(",") for line in (out / "a.npy.csv").read_text().splitlines()[1:]]
+    expected = [str(not mask[round(float(r[0])), round(float(r[1]))]) for r in rows]
+    assert [r[-1] for r in rows] == expected
+    (out / "a.npy.csv").unlink()
+    (out / "a.npy.png").unlink()
+    (out / "frames.csv").unlink()  # only the mask is left: it alone stops a second run
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(out)]) == 2
+    assert "a.npy_untrusted.png already exists" in capsys.readouterr().err
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare)
+    (bare / "trust_regions.json").unlink()
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(bare), "--sampling", "0.1", "--out", str(tmp_path / "o2")]) == 0
+    assert "has no trust_regions.json" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["a.npy.csv", "a.npy.png", "frames.csv"]
+    assert (tmp_path / "o2" / "a.npy.csv").read_text().splitlines()[0].endswith(",vote_fraction")
+
+
+def test_two_class_train_and_predict_fill_the_class_column(model, tmp_path, capsys):
+    two = tmp_path / "two"
+    argv = ["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(two), "--classes", "2"]
+    assert main([*argv[:-2], "--dopant-rich-share", "0.5"]) == 2
+    assert "add --classes 2" in capsys.readouterr().err and not two.exists()
+    assert main([*argv, "--dopant-rich-share", "0.5"]) == 0
+    said = capsys.readouterr().out
+    assert "two-class" in said and "50% of them dopant_rich" in said
+    assert json.loads((two / "ensemble.json").read_text())["architecture"]["nb_classes"] == 2
+    assert (two / "trust_regions.json").exists()
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((112, 112)))
+    predict = ["predict", str(tmp_path / "a.npy"), "--sampling", "0.1"]
+    assert main([*predict, "--model", str(two), "--out", str(tmp_path / "o"), "--classes", "2"]) == 0
+    lines = (tmp_path / "o" / "a.npy.csv").read_text().splitlines()
+    assert lines[0].endswith(",vote_fraction,si_probability,si_uncertainty,trusted")
+    rows = [line.split(",") for line in lines[1:]]
+    assert all(0 <= float(row[10]) <= 0.5 for row in rows)  # a standard deviation of probabilities
+    clear = [row for row in rows if abs(float(row[9]) - 0.5) > 0.001]  # not at the rounding of the CSV's 3 decimals
+    assert clear and all(row[4] == ("1" if float(row[9]) > 0.5 else "0") for row in clear)
+
+    capsys.readouterr()
+    assert main([*predict, "--model", str(model), "--out", str(tmp_path / "o1"), "--classes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--classes 2" in err and "is a 1-class model" in err and "elit train --classes 2" in err and not (tmp_path / "o1").exists()
+    assert main([*predict, "--model", str(model), "--out", str(tmp_path / "o1"), "--classes", "2", "--scheduler", "local:1"]) == 2
+    assert "is a 1-class model" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    assert main(["adapt", str(tmp_path / "a.npy"), "--model", str(two), "--sampling", "0.1", "--out", str(tmp_path / "ad")]) == 2
+    assert "adapts one-class models only" in capsys.readouterr().err and not (tmp_path / "ad").exists()
