@@ -330,6 +330,8 @@ def adapt(
     config = config or AdaptConfig()
     if not isinstance(config, AdaptConfig):
         raise BadValueError(f"config must be an AdaptConfig, got {type(config).__name__}")
+    if ensemble.n_classes != 1:
+        raise BadValueError(f"adapt adapts one-class ensembles (atom or not); {ensemble.folder} has {ensemble.n_classes} classes.")
     frames, samplings = _checked_frames(frames, sampling_A_per_px)
     source = _checked_source(source)
     work = [_resample(frame, s / ensemble.sampling_A_per_px) for frame, s in zip(frames, samplings)]  # at the training pixel size

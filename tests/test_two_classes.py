@@ -96,3 +96,13 @@ def test_atoms_get_the_members_si_probability_and_its_spread(tmp_path):
     assert [line.split(",")[4] for line in lines[1:]] == ["1", "0"]
     assert [line.split(",")[-1] for line in lines[1:]] == ["True", "False"]
     assert [line.split(",")[-3] for line in lines[1:]] == ["0.800", "0.500"]
+
+
+def test_adapt_refuses_a_two_class_ensemble(tmp_path):
+    from elit_utils import iterate
+    from elit_utils.errors import BadValueError
+
+    model = tiny_two_class_ensemble(tmp_path / "model")
+    with pytest.raises(BadValueError, match="one-class"):
+        iterate.adapt(model, np.zeros((1, 32, 32), np.float32), 0.1, tmp_path / "adapt", progress=False)
+    assert not (tmp_path / "adapt").exists()
