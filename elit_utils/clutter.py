@@ -303,8 +303,9 @@ def summarise_study(results: dict[str, dict[str, list[list[dict]]]], rounds: int
             for key in ("f1", "precision_in_clutter", "found_in_clutter"):
                 table = np.array([_per_round(h, key, rounds) for h in histories])
                 stats = [interval(table[:, r]) for r in range(rounds + 1)]
+                share = key != "found_in_clutter"  # F1 and precision lie in [0, 1], and so do their intervals
                 entry[key] = [s[0] for s in stats]
-                entry[f"{key}_interval"] = [[s[1], s[2]] for s in stats]
+                entry[f"{key}_interval"] = [[max(s[1], 0.0), min(s[2], 1.0)] if share else [s[1], s[2]] for s in stats]
             per_method[method] = entry
         paired = {}
         if MASKED in methods and PAPER in methods:

@@ -137,3 +137,10 @@ def test_a_resize_deletes_the_trust_regions_of_the_old_members(tmp_path):
     config = TrainingConfig(n_iterations=2, batch_size=2, swa_iterations=1)
     train_ensemble(train.images, train.atom_mask, model.folder, 3, 0.1, UnetArchitecture(nb_filters=4), config, progress=False, resize=True)
     assert not (model.folder / TRUST_REGIONS_FILE).exists()
+
+
+def test_study_intervals_of_shares_stay_within_zero_and_one():
+    results = {"contaminated": {iterate.MASKED: [_history([0.5, 0.99], [0.5, 0.98]), _history([0.5, 0.6], [0.5, 0.4])]}}
+    entry = clutter.summarise_study(results, rounds=1)["contaminated"]["methods"][iterate.MASKED]
+    low, high = entry["f1_interval"][1]
+    assert 0.0 <= low < entry["f1"][1] < high == 1.0  # two repeats 0.39 apart: the t-interval would pass 1
