@@ -629,6 +629,11 @@ def _predict(args: argparse.Namespace) -> int:
     names = _write_staged(out, lambda staging: summaries.extend(_predict_into(staging, frames, ensemble, detector, args.threshold, trust)), args.overwrite)
     for line in summaries:
         _say(line)
+    if trust is None and args.overwrite:  # a mask of an earlier run would pass for this run's
+        for stale in (out / f"{frame.name}{UNTRUSTED_SUFFIX}" for frame in frames):
+            if stale.exists():
+                stale.unlink()
+                _say(f"removed {_shown(stale)}: an earlier run's mask, which this model (without trust regions) does not replace")
     masks = f", NAME{UNTRUSTED_SUFFIX} (where not to trust the atoms)" if trust is not None else ""
     _say(f"Wrote {len(names)} files to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot){masks}, and {FRAMES_FILE}")
     return 0

@@ -453,6 +453,8 @@ def test_trust_regions_are_fitted_by_train_and_give_a_mask_and_a_trusted_column(
     bare = tmp_path / "bare"
     shutil.copytree(model, bare)
     (bare / "trust_regions.json").unlink()
+    assert main(["predict", str(tmp_path / "a.npy"), "--model", str(bare), "--sampling", "0.1", "--out", str(out), "--overwrite"]) == 0
+    assert "removed" in capsys.readouterr().out and not (out / "a.npy_untrusted.png").exists()  # no stale mask beside the new atoms
     assert main(["predict", str(tmp_path / "a.npy"), "--model", str(bare), "--sampling", "0.1", "--out", str(tmp_path / "o2")]) == 0
     assert "has no trust_regions.json" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["a.npy.csv", "a.npy.png", "frames.csv"]
