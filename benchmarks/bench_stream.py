@@ -23,14 +23,13 @@ import argparse
 import contextlib
 import io
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_notebooks import machine as cpu_machine  # benchmarks/ is the script's folder, first on sys.path
 
 from elit_utils import ensemble as ens
 from elit_utils import simulate
@@ -41,14 +40,9 @@ from elit_utils.unet import PackedUnet, UnetArchitecture
 
 
 def machine() -> str:
-    """The CPU model, the threads torch uses, and the GPU if one is used."""
-    try:
-        info = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
+    """The CPU model and cores (as bench_notebooks reports them), the threads torch uses, and the GPU if one is used."""
     gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} threads{gpu}"
+    return f"{cpu_machine()}, torch {torch.__version__} on {torch.get_num_threads()} threads{gpu}"
 
 
 def untrained_ensemble(architecture: UnetArchitecture, n_members: int, sampling_A_per_px: float, device: torch.device) -> ens.Ensemble:
