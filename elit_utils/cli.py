@@ -610,10 +610,48 @@ def _client(scheduler: str | None) -> contextlib.AbstractContextManager:
     return client_for(scheduler)
 
 
+def _image_files(arguments: list[str]) -> list[Path]:
+    """The image files named on the command line, each folder replaced by the image files in it (sorted by name).
+
+    In a folder, a file counts as an image when :mod:`elit_utils.io` reads its suffix, except hidden files
+    (an unfinished atomic write) and the outputs of another file there (``a.npy.png``, ``a.npy_untrusted.png``),
+    so that a folder predicted into itself can be predicted again. A file named on its own is always taken.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for name in ("b.npy", "a.tif", "a.tif.png", "notes.txt", ".a.npy.tmp"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> [path.name for path in _image_files([str(folder)])]  # doctest: +ELLIPSIS
+    note: ...: 2 image files; 2 other files skipped (not images, or outputs of an earlier run)
+    ['a.tif', 'b.npy']
+    """
+    from .io import SUPPORTED_SUFFIXES
+
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        names = {f.name for f in files}
+        outputs = {f.name + suffix for f in files for suffix in (*PREDICT_SUFFIXES, UNTRUSTED_SUFFIX)}
+        images = [f for f in files if f.suffix.lower() in SUPPORTED_SUFFIXES and f.name not in outputs]
+        if not images:
+            raise BadImageError(
+                f"{_shown(path)}: is a folder with no image files in it ({' '.join(SUPPORTED_SUFFIXES)}); name the image files, or their folder."
+            )
+        skipped = len(names) - len(images)
+        if skipped:
+            _say(f"note: {_shown(path)}: {len(images)} image files; {skipped} other files skipped (not images, or outputs of an earlier run)")
+        paths.extend(images)
+    return paths
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .ensemble import Ensemble
 
-    paths, out, model = [Path(p) for p in args.images], Path(args.out), Path(args.model)
+    paths, out, model = _image_files(args.images), Path(args.out), Path(args.model)
     _check_out_folder(out)
     if args.scheduler:
         return _predict_on_workers(args, paths, out, model)
@@ -658,13 +696,19 @@ def _has_trust_regions(model: Path) -> bool:
 
 def _trust_regions(model: Path, ensemble: object) -> object | None:
     """The model folder's trust regions (checked against ``ensemble``'s members), or None (with a note) when it has none."""
-    from .clutter import TrustRegions
     from .config import TRUST_REGIONS_FILE
 
     if not _has_trust_regions(model):
         _say(f"note: {_shown(model)} has no {TRUST_REGIONS_FILE} (elit train writes one), so no NAME{UNTRUSTED_SUFFIX} masks are written.")
-        return None
-    return TrustRegions.load(model / TRUST_REGIONS_FILE, ensemble=ensemble)
+    return _trust_regions_or_none(model, ensemble)
+
+
+def _trust_regions_or_none(model: Path, ensemble: object) -> object | None:
+    """The model folder's trust regions (checked against ``ensemble``'s members), or None when it has none."""
+    from .clutter import TrustRegions
+    from .config import TRUST_REGIONS_FILE
+
+    return TrustRegions.load(model / TRUST_REGIONS_FILE, ensemble=ensemble) if _has_trust_regions(model) else None
 
 
 def _frame_atoms(prediction: Any, threshold: float, trust: Any | None) -> tuple[Any, Any | None]:
@@ -694,9 +738,13 @@ def _untrusted_note(atoms: Any) -> str:
     return "" if atoms.trusted is None else f" ({int((~atoms.trusted).sum())} in untrusted regions)"
 
 
-def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: Any | None, threshold: float, trust: Any | None) -> list[str]:
-    """Find the atoms of every frame; write each frame's CSV, PNG and (with ``trust``) its "do not trust" mask,
-    and the summary, into ``staging``; return one line per frame."""
+SUMMARY_HEADER = "image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"
+
+
+def _predict_frame(folder: Path, frame: _Frame, ensemble: Any, detector: Any | None, threshold: float, trust: Any | None) -> tuple[str, str]:
+    """Find one frame's atoms and write its "do not trust" mask (with ``trust``), its plot and then its atoms
+    (NAME.csv, last, so that a frame whose CSV exists is complete), each atomically, into ``folder``.
+    Returns the frame's row of :data:`FRAMES_FILE` and a line for the user. The same on a Dask worker and here."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -705,42 +753,55 @@ def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: 
     from .cache import atomic_path
     from .viz import show_atoms_with_uncertainty
 
-    rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"]
-    lines = []
+    if detector is None:
+        prediction, features = ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px), None
+    else:  # one pass of the members gives both
+        prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+    atoms, untrusted = _frame_atoms(prediction, threshold, trust)
+    if untrusted is not None:
+        _write_untrusted(folder / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
+    figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name)
+    with atomic_path(folder / f"{frame.name}.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    atoms.to_csv(folder / f"{frame.name}.csv")
+    mean_mi = float(prediction.mutual_information.mean())
+    fields, shift = _shift_check(detector, features)
+    row = f"{_csv_field(frame.name)},{len(atoms)},{mean_mi:.5f},{fields}"
+    return row, f"{frame.name}: {len(atoms)} atoms{_untrusted_note(atoms)}, mean frame MI {mean_mi:.4f} nats{shift}"
+
+
+def _predict_into(staging: Path, frames: list[_Frame], ensemble: Any, detector: Any | None, threshold: float, trust: Any | None) -> list[str]:
+    """:func:`_predict_frame` for every frame into ``staging``, and the summary; return one line per frame."""
+    from .cache import atomic_path
+
+    rows, lines = [SUMMARY_HEADER], []
     for frame in frames:
-        prediction = ensemble.predict(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
-        atoms, untrusted = _frame_atoms(prediction, threshold, trust)
-        atoms.to_csv(staging / f"{frame.name}.csv")
-        if untrusted is not None:
-            _write_untrusted(staging / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
-        figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name)
-        with atomic_path(staging / f"{frame.name}.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        mean_mi = float(prediction.mutual_information.mean())
-        fields, shift = _shift_check(detector, ensemble, frame)
-        rows.append(f"{_csv_field(frame.name)},{len(atoms)},{mean_mi:.5f},{fields}")
-        lines.append(f"{frame.name}: {len(atoms)} atoms{_untrusted_note(atoms)}, mean frame MI {mean_mi:.4f} nats{shift}")
+        row, line = _predict_frame(staging, frame, ensemble, detector, threshold, trust)
+        rows.append(row)
+        lines.append(line)
     with atomic_path(staging / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return lines
 
 
 def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, model: Path) -> int:
-    """``predict --scheduler``: frames as Dask tasks; each frame's atoms written to --out as soon as it is done, and
-    the summary at the end. A run record (:data:`PREDICT_RUN_FILE`) makes a stopped run resumable: the same
-    command finishes the frames not yet written; another model, options or list of frames into it is refused."""
+    """``predict --scheduler``: each frame is a Dask task that reads its file, finds its atoms and writes its
+    outputs into --out as soon as it is done (workers load the model once); the summary comes at the end. Frames
+    are checked here first (and read again on the workers), so a bad file stops the run before any work. A run
+    record (:data:`PREDICT_RUN_FILE`) makes a stopped run resumable: the same command finishes the frames not yet
+    written; another model, options or list of frames into it is refused."""
     from .cache import atomic_path, write_json_atomic
     from .distributed import parse_scheduler
     from .ensemble import Ensemble
 
     parse_scheduler(args.scheduler)
-    suffixes = (".csv", UNTRUSTED_SUFFIX) if _has_trust_regions(model) else (".csv",)
+    suffixes = PREDICT_SUFFIXES + ((UNTRUSTED_SUFFIX,) if _has_trust_regions(model) else ())
     outputs = _output_files(paths, out, suffixes, reserved=(FRAMES_FILE, PREDICT_RUN_FILE))
     record = _model_record(model)
     _check_classes(model, record, args.classes)
     ensemble = Ensemble.load(model)
-    trust = _trust_regions(model, ensemble)
+    _shift_detector(model, ensemble), _trust_regions(model, ensemble)  # checked (and noted when missing) here, used on the workers
     planned = {
         "model": _shown(model.absolute()),
         "weights_sha256": {str(seed): sha for seed, sha in ensemble.weights_sha256.items()},
@@ -751,23 +812,53 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     todo = [path for path in paths if _shown(path.name) not in run["done"]]
     if len(todo) < len(paths):
         _say(f"Resuming: {len(paths) - len(todo)} of {len(paths)} frames already written to {_shown(out)}/ by this run; predicting the other {len(todo)}")
-    frames = _load_frames(todo, args, float(record["sampling_A_per_px"]))
-    masks = f", NAME{UNTRUSTED_SUFFIX}" if trust is not None else ""
-    _say(f"note: with --scheduler each image gets NAME.csv (atoms){masks} and a line in {FRAMES_FILE}; no plot and no shift check (run without it for those).")
+    model_sampling = float(record["sampling_A_per_px"])
+    checked = [_Frame(f.path, f.name, None, f.sampling_A_per_px) for path in todo for f in _load_frames([path], args, model_sampling)]
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PREDICT_RUN_FILE, run)
     with _client(args.scheduler) as client:
-        predictions = ensemble.predict_many([f.image for f in frames], client=client, sampling_A_per_px=[f.sampling_A_per_px for f in frames])
-        for index, prediction in predictions:
-            found, line = _write_frame_atoms(out, frames[index], prediction, args.threshold, trust)
-            run["done"][frames[index].name] = line
+        from distributed import as_completed
+
+        members = tuple(sorted(ensemble.weights_sha256.items()))
+        task = {"out": out.absolute(), "model": model.absolute(), "members": members, "threshold": args.threshold, "stack_frame": args.frame}
+        futures = {client.submit(_predict_file_task, frame, **task, pure=False): frame for frame in checked}
+        for future in as_completed(futures):
+            row, line = future.result()
+            run["done"][futures[future].name] = row
             write_json_atomic(out / PREDICT_RUN_FILE, run)
-            _say(f"{frames[index].name}: {found}")
-    rows = ["image,atoms,mean_mi_nats,feature_distance,flag_limit,out_of_distribution"] + [run["done"][name] for name in planned["frames"]]
+            _say(line)
+            future.release()
+    rows = [SUMMARY_HEADER] + [run["done"][name] for name in planned["frames"]]
     with atomic_path(out / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    _say(f"Wrote {len(paths)} atom tables (NAME.csv) and {FRAMES_FILE} to {_shown(out)}/")
+    masks = f", NAME{UNTRUSTED_SUFFIX}" if _has_trust_regions(model) else ""
+    _say(f"Wrote {len(paths)} frames to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot){masks}, and {FRAMES_FILE}")
     return 0
+
+
+#: What a Dask worker keeps of the model it predicts with: (model folder, members' sha256) -> (ensemble, detector, trust regions).
+_MODEL_ON_WORKER: dict[tuple[str, tuple[tuple[int, str], ...]], tuple[Any, Any, Any]] = {}
+
+
+def _predict_file_task(
+    frame: _Frame, out: Path, model: Path, members: tuple[tuple[int, str], ...], threshold: float, stack_frame: int | None
+) -> tuple[str, str]:
+    """On a Dask worker: read one checked frame's file and :func:`_predict_frame` it into ``out``. The model folder's
+    ensemble, shift detector and trust regions are loaded once per worker (the members checked against ``members``)."""
+    from .ensemble import ensemble_on_worker, torch_on_worker
+    from .io import load_image
+    from .ood import SHIFT_DETECTOR_FILE, ShiftDetector
+
+    image = load_image(frame.path, sampling_A_per_px=frame.sampling_A_per_px, frame=stack_frame, require_sampling=False, override_file_sampling=True).image
+    with torch_on_worker():
+        key = (str(model), members)
+        if key not in _MODEL_ON_WORKER:
+            ensemble = ensemble_on_worker(model, members)
+            detector = ShiftDetector.load(model / SHIFT_DETECTOR_FILE, ensemble=ensemble) if (model / SHIFT_DETECTOR_FILE).exists() else None
+            _MODEL_ON_WORKER.clear()
+            _MODEL_ON_WORKER[key] = (ensemble, detector, _trust_regions_or_none(model, ensemble))
+        ensemble, detector, trust = _MODEL_ON_WORKER[key]
+        return _predict_frame(out, _Frame(frame.path, frame.name, image, frame.sampling_A_per_px), ensemble, detector, threshold, trust)
 
 
 def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Path], overwrite: bool) -> dict:
@@ -794,16 +885,6 @@ def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Pat
     return {**planned, "done": kept}
 
 
-def _write_frame_atoms(out: Path, frame: _Frame, prediction: Any, threshold: float, trust: Any | None) -> tuple[str, str]:
-    """Write one frame's "do not trust" mask (with ``trust``), then its atoms (NAME.csv), each atomically, into ``out``
-    (so a frame whose CSV exists is complete); return what was found ("N atoms ...") and the frame's line of the summary."""
-    atoms, untrusted = _frame_atoms(prediction, threshold, trust)
-    if untrusted is not None:
-        _write_untrusted(out / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
-    atoms.to_csv(out / f"{frame.name}.csv")
-    return f"{len(atoms)} atoms{_untrusted_note(atoms)}", f"{_csv_field(frame.name)},{len(atoms)},{float(prediction.mutual_information.mean()):.5f},,,"
-
-
 def _csv_field(text: str) -> str:
     """``text`` as one CSV field (quoted when it holds a comma or a quote).
 
@@ -813,11 +894,11 @@ def _csv_field(text: str) -> str:
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 
 
-def _shift_check(detector: object | None, ensemble: object, frame: _Frame) -> tuple[str, str]:
-    """For one frame: CSV fields (feature distance, limit, out of distribution) and a sentence; blank without a detector."""
+def _shift_check(detector: object | None, features: Any | None) -> tuple[str, str]:
+    """For one frame's ``features``: CSV fields (feature distance, limit, out of distribution) and a sentence; blank without a detector."""
     if detector is None:
         return ",,", ""
-    distance = float(detector.score(ensemble.features(frame.image, sampling_A_per_px=frame.sampling_A_per_px))[0])
+    distance = float(detector.score(features)[0])
     flagged = distance > detector.limit
     verdict = "OUT OF DISTRIBUTION: check the atoms, or adapt the model (elit adapt)" if flagged else "like the training frames"
     return f"{distance:.2f},{detector.limit:.2f},{flagged}", f", feature distance {distance:.1f} (limit {detector.limit:.1f}): {verdict}"
@@ -834,7 +915,7 @@ def _shift_detector(model: Path, ensemble: object) -> object | None:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    paths, out, model = [Path(p) for p in args.frames], Path(args.out), Path(args.model)
+    paths, out, model = _image_files(args.frames), Path(args.out), Path(args.model)
     _check_out_folder(out)
     atom_files = _output_files(paths, out / "atoms", (".csv",))
     _check_targets([files[0] for files in atom_files.values()], paths, args.overwrite)
@@ -994,7 +1075,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"a.npy{UNTRUSTED_SUFFIX} (255 where the atoms are not to be trusted; the CSV's trusted column); {FRAMES_FILE} sums up every frame. "
         "Everything is written together at the end; a failure leaves --out as it was.",
     )
-    predict.add_argument("images", nargs="+", help="image files: .npy .tif .png .h5 .dm3 .dm4 .emd")
+    predict.add_argument("images", nargs="+", help="image files (.npy .tif .png .h5 .dm3 .dm4 .emd), or folders of them")
     _add_frame_options(predict, "image")
     predict.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
     predict.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -1006,9 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require a model of this many classes (2: atom and Si, class column filled); default: whatever the model has",
     )
-    _add_scheduler_option(
-        predict, f"each few frames are one task, each frame's NAME.csv is written when done, and a stopped run resumes ({PREDICT_RUN_FILE}); no plots"
-    )
+    _add_scheduler_option(predict, f"each frame is one task, its outputs are written when it is done, and a stopped run resumes ({PREDICT_RUN_FILE})")
     predict.set_defaults(handler=_predict)
 
     adapt = commands.add_parser(
@@ -1016,7 +1095,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapt an ensemble to new, unlabelled frames by iterative training on its own confident atoms",
         description="Adapt an ensemble to new, unlabelled frames. Each frame's atoms go to --out/atoms/ named after its full file name (a.npy -> a.npy.csv).",
     )
-    adapt.add_argument("frames", nargs="+", help="unlabelled frames (any sizes): .npy .tif .png .h5 .dm3 .dm4 .emd")
+    adapt.add_argument("frames", nargs="+", help="unlabelled frames (any sizes): .npy .tif .png .h5 .dm3 .dm4 .emd files, or folders of them")
     _add_frame_options(adapt, "frame")
     adapt.add_argument("--rounds", type=_whole(1, MAX_ROUNDS), default=3, help="maximum rounds, >= 1 (default: 3; stops early when nothing changes)")
     adapt.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=100, help="fine-tuning steps per member and round, >= 1 (default: 100)")

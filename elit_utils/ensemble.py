@@ -61,6 +61,7 @@ import math
 import operator
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -514,8 +515,12 @@ def _record_member(folder: Path, seed: int, sha: str, precision: str | None) -> 
 
 
 def _member_record(identity: dict, seed: int, precision: str, seconds: float, losses: np.ndarray) -> dict:
-    """What a finished member's JSON holds besides its weights' hash: the training it belongs to, its seed and run."""
-    return {**identity, "seed": seed, "precision": precision, "seconds": seconds, "loss_history": losses.tolist(), "versions": package_versions()}
+    """What a finished member's JSON holds besides its weights' hash: the training it belongs to, its seed and run.
+
+    ``torch_threads`` is recorded because CPU sums, hence the weights bit for bit, depend on it: two runs of one
+    seed agree exactly only with equal threads (and device)."""
+    run = {"precision": precision, "seconds": seconds, "torch_threads": torch.get_num_threads()}
+    return {**identity, "seed": seed, **run, "loss_history": losses.tolist(), "versions": package_versions()}
 
 
 def _save_member(folder: Path, seed: int, state: dict[str, torch.Tensor], member: dict) -> None:
@@ -829,19 +834,20 @@ def _training_data(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Ten
 def _train_member_task(
     data: tuple[torch.Tensor, torch.Tensor], folder: Path, seed: int, architecture: UnetArchitecture, config: TrainingConfig, identity: dict, device_type: str
 ) -> int:
-    """On a Dask worker: train member ``seed`` alone with the worker's share of threads, and write it into ``folder``.
+    """On a Dask worker: train member ``seed`` alone with all the worker's threads (:func:`torch_on_worker`), and write it into ``folder``.
 
     ``ensemble.json`` is rewritten under a cluster-wide lock (its writes read, add one line and
     replace the file: two workers at once would lose a line).
     """
-    from distributed import Lock, get_worker
+    from distributed import Lock
 
-    torch.set_num_threads(max(1, get_worker().state.nthreads))
     device = default_device(device_type)
     precision = resolve_precision(config.precision, device)
-    net, history, seconds = _train_pack(*data, [seed], architecture, config, device, progress=False)
+    with torch_on_worker():
+        net, history, seconds = _train_pack(*data, [seed], architecture, config, device, progress=False)
+        member = _member_record(identity, seed, precision, seconds, history[:, 0])  # with the threads it was trained with
     with Lock(f"elit-model-folder:{folder.resolve()}"):
-        _save_member(folder, seed, net.member_state_dict(0), _member_record(identity, seed, precision, seconds, history[:, 0]))
+        _save_member(folder, seed, net.member_state_dict(0), member)
     return seed
 
 
@@ -1336,22 +1342,47 @@ def _predictions_on_workers(
         future.release()
 
 
-def _predict_chunk_task(
-    folder: Path, members: tuple[tuple[int, str], ...], chunk: list[tuple[int, np.ndarray, float | None]], options: dict
-) -> list[tuple[int, Prediction]]:
-    """On a Dask worker: predict a chunk of frames with the ensemble of ``folder`` (loaded once per worker and checked against ``members``' sha256)."""
+#: One torch computation at a time in a worker process (see :func:`torch_on_worker`).
+_TORCH_ON_WORKER = threading.Lock()
+
+
+@contextlib.contextmanager
+def torch_on_worker() -> Iterator[None]:
+    """On a Dask worker: run the block alone in this worker process, with as many torch threads as the worker has.
+
+    A Dask worker of T threads runs up to T tasks at once. Two members trained at once in one process
+    would share torch's thread pool: they oversubscribe the cores, and their CPU sums (hence their
+    weights) would depend on timing. So each task of ours waits for the one before it and then uses
+    all T threads: a member trained on a worker of T threads equals, bit for bit, one trained in a
+    process of T threads.
+    """
     from distributed import get_worker
 
-    torch.set_num_threads(max(1, get_worker().state.nthreads))
+    with _TORCH_ON_WORKER:
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+        yield
+
+
+def ensemble_on_worker(folder: Path, members: tuple[tuple[int, str], ...]) -> Ensemble:
+    """On a Dask worker: the ensemble of ``folder``, loaded once per worker process and checked against ``members``
+    ((seed, sha256) pairs). One ensemble is kept at a time: another replaces it."""
     key = (str(Path(folder).resolve()), members)
     if key not in _LOADED_ON_WORKER:
         loaded = Ensemble.load(folder, seeds=[seed for seed, _ in members])
         if tuple(sorted(loaded.weights_sha256.items())) != members:
             raise BadModelFolderError(f"{folder} changed since the ensemble was loaded (a member's sha256 differs); load it again and rerun.")
-        _LOADED_ON_WORKER.clear()  # one ensemble per worker at a time: a new model replaces the old one in memory
+        _LOADED_ON_WORKER.clear()
         _LOADED_ON_WORKER[key] = loaded
-    ensemble = _LOADED_ON_WORKER[key]
-    return [(index, ensemble.predict(frame, sampling, **options)) for index, frame, sampling in chunk]
+    return _LOADED_ON_WORKER[key]
+
+
+def _predict_chunk_task(
+    folder: Path, members: tuple[tuple[int, str], ...], chunk: list[tuple[int, np.ndarray, float | None]], options: dict
+) -> list[tuple[int, Prediction]]:
+    """On a Dask worker: predict a chunk of frames with the ensemble of ``folder`` (:func:`ensemble_on_worker`, :func:`torch_on_worker`)."""
+    with torch_on_worker():
+        ensemble = ensemble_on_worker(folder, members)
+        return [(index, ensemble.predict(frame, sampling, **options)) for index, frame, sampling in chunk]
 
 
 def _chosen_seeds(seeds: list[int] | None, available: list[int], folder: Path) -> list[int]:

@@ -215,7 +215,7 @@ CASES: dict[str, Case] = {
     ),
     "predict --frame -1": predict("--sampling", S01, "--frame", "-1", expect="argument --frame: -1 is out of range"),
     "predict unknown format": predict("--sampling", S01, image="{in}/f.jpg", files={"f.jpg": text("x")}, expect="{in}/f.jpg: unknown image format '.jpg'"),
-    "predict folder as image": predict("--sampling", S01, files={"f.npy": folder}, expect="{in}/f.npy: is a folder"),
+    "predict folder without images": predict("--sampling", S01, files={"f.npy": folder}, expect="{in}/f.npy: is a folder with no image files in it"),
     "predict corrupt TIFF": predict("--sampling", S01, image="{in}/f.tif", files={"f.tif": garbage}, expect="{in}/f.tif: could not be read as .tif"),
     "predict HDF5 of two images": predict(
         image="{in}/f.h5", files={"f.h5": h5({"sampling_A_per_px": 0.1}, ("bf", "haadf"))}, expect="{in}/f.h5: holds 2 image-like datasets (bf, haadf)"

@@ -181,7 +181,7 @@ def test_ctrl_c_keeps_what_is_finished_and_says_how_to_resume(model, tmp_path, c
     err = capsys.readouterr().err
     assert err == f"stopped: finished members are kept in {tmp_path / 'm'}/; rerun the same command to resume.\n"
     np.save(tmp_path / "a.npy", np.random.default_rng(0).random((112, 112)))
-    monkeypatch.setattr(ensemble.Ensemble, "predict", interrupted)
+    monkeypatch.setattr(ensemble.Ensemble, "_analysed", interrupted)  # behind both predict and analyse
     assert main(["predict", str(tmp_path / "a.npy"), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "o")]) == 130
     assert capsys.readouterr().err.startswith("stopped: nothing was written to") and not (tmp_path / "o").exists()
 
@@ -298,7 +298,7 @@ def test_an_input_name_that_is_not_utf8_is_predicted(model, tmp_path, capsys):
 def test_a_predict_failing_half_way_leaves_no_half_results(model, tmp_path, capsys, monkeypatch):
     from elit_utils import ensemble
 
-    real, calls = ensemble.Ensemble.predict, []
+    real, calls = ensemble.Ensemble._analysed, []  # behind both predict and analyse
 
     def fails_on_the_second_frame(self, *args, **kwargs):
         calls.append(1)
@@ -306,7 +306,7 @@ def test_a_predict_failing_half_way_leaves_no_half_results(model, tmp_path, caps
             raise RuntimeError("the GPU fell over")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(ensemble.Ensemble, "predict", fails_on_the_second_frame)
+    monkeypatch.setattr(ensemble.Ensemble, "_analysed", fails_on_the_second_frame)
     for name in ("a.npy", "b.npy"):
         np.save(tmp_path / name, np.random.default_rng(0).random((112, 112)))
     out = tmp_path / "out"
@@ -355,45 +355,52 @@ def test_outputs_that_appear_meanwhile_are_never_replaced(tmp_path):
     assert (folder / "frames.csv").read_text() == "mine"
 
 
-def test_predict_on_workers_writes_every_frame_and_a_rerun_finishes_only_the_rest(model, tmp_path, capsys, monkeypatch):
+def test_predict_a_folder_on_workers_writes_every_frame_and_a_rerun_finishes_only_the_rest(model, tmp_path, capsys, monkeypatch):
     pytest.importorskip("distributed")
     from elit_utils import cli
     from elit_utils.simulate import dataset
 
     frames = dataset("source", n=12, seed=3, image_size_px=112, cache=False).images
     names = [f"frame_{index:02d}.npy" for index in range(len(frames))]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
     for name, frame in zip(names, frames):
-        np.save(tmp_path / name, frame)
+        np.save(inputs / name, frame)
+    (inputs / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    argv = ["predict", *(str(tmp_path / name) for name in names), "--model", str(model), "--sampling", "0.1", "--out", str(out), "--scheduler", "local:2"]
-    real, written = cli._write_frame_atoms, []
+    argv = ["predict", str(inputs), "--model", str(model), "--sampling", "0.1", "--out", str(out), "--scheduler", "local:2"]
+    real_say, reported = cli._say, []
 
-    def write_then_stop_after_five(out_folder, frame, prediction, threshold, trust):
-        if len(written) == 5:
-            raise KeyboardInterrupt
-        written.append(frame.name)
-        return real(out_folder, frame, prediction, threshold, trust)
+    def stop_after_five_frames(text, error=False):  # Ctrl-C just after the fifth frame is reported
+        real_say(text, error)
+        if text.startswith("frame_"):
+            reported.append(text.split(":")[0])
+            if len(reported) == 5:
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_write_frame_atoms", write_then_stop_after_five)
+    monkeypatch.setattr(cli, "_say", stop_after_five_frames)
     assert main(argv) == 130
-    assert "finish the rest" in capsys.readouterr().err
-    assert sorted(p.name for p in out.glob("*.npy.csv")) == sorted(f"{name}.csv" for name in written) and not (out / "frames.csv").exists()
-    assert sorted(p.name for p in out.glob("*_untrusted.png")) == sorted(f"{name}_untrusted.png" for name in written)
-    stamps = {name: (out / f"{name}.csv").stat().st_mtime_ns for name in written}
-    first = list(written)
+    monkeypatch.undo()
+    assert "finish the rest" in capsys.readouterr().err and not (out / "frames.csv").exists()
+    done = json.loads((out / "predict_run.json").read_text())["done"]
+    assert sorted(done) == sorted(reported) and len(done) == 5
+    assert all((out / f"{name}.csv").is_file() and (out / f"{name}.png").is_file() and (out / f"{name}_untrusted.png").is_file() for name in done)
+    stamps = {name: (out / f"{name}.csv").stat().st_mtime_ns for name in done}
 
-    monkeypatch.setattr(cli, "_write_frame_atoms", lambda *args: written.append(args[1].name) or real(*args))
     assert main(argv) == 0
-    assert "Resuming: 5 of 12 frames" in capsys.readouterr().out
-    assert sorted(written[5:]) == sorted(set(names) - set(first)), "the rerun predicted a finished frame again, or missed one"
-    assert all((out / f"{name}.csv").stat().st_mtime_ns == stamps[name] for name in first)
+    said = capsys.readouterr().out
+    assert "Resuming: 5 of 12 frames" in said and "1 other files skipped" in said
+    again = [line.split(":")[0] for line in said.splitlines() if line.startswith("frame_")]
+    assert sorted(again) == sorted(set(names) - set(done)), "the rerun predicted a finished frame again, or missed one"
+    assert all((out / f"{name}.csv").stat().st_mtime_ns == stamps[name] for name in done)
     summary = (out / "frames.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in summary[1:]] == names
-    monkeypatch.undo()
-    assert main(["predict", str(tmp_path / names[0]), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "serial")]) == 0
-    assert (tmp_path / "serial" / f"{names[0]}.csv").read_text() == (out / f"{names[0]}.csv").read_text()
-    serial_mask = (tmp_path / "serial" / f"{names[0]}_untrusted.png").read_bytes()
-    assert serial_mask == (out / f"{names[0]}_untrusted.png").read_bytes()
+    assert all(line.split(",")[-1] in ("True", "False") for line in summary[1:]), "each frame is checked for a shift on the workers too"
+
+    assert main(["predict", str(inputs / names[0]), "--model", str(model), "--sampling", "0.1", "--out", str(tmp_path / "serial")]) == 0
+    for suffix in (".csv", "_untrusted.png"):
+        assert (tmp_path / "serial" / f"{names[0]}{suffix}").read_bytes() == (out / f"{names[0]}{suffix}").read_bytes()
+    assert (tmp_path / "serial" / "frames.csv").read_text().splitlines()[1] == summary[1]
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert main([*argv, "--threshold", "0.7"]) == 2

@@ -56,6 +56,28 @@ def test_members_trained_on_two_workers_equal_the_serial_run_bit_for_bit(client,
     assert ens.Ensemble.load(tmp_path / "dask").weights_sha256 == ens.Ensemble.load(tmp_path / "serial").weights_sha256
 
 
+def test_a_worker_of_two_threads_trains_its_members_one_at_a_time_as_a_process_of_two_threads_would(tmp_path, monkeypatch):
+    import json
+
+    train = dataset("source", n=8, seed=0, image_size_px=64, cache=False)
+    config = ens.TrainingConfig(n_iterations=12, batch_size=4, swa_iterations=2)
+
+    def trained(folder: Path, **options: object) -> ens.Ensemble:
+        return ens.train_ensemble(train.images, train.atom_mask, folder, 2, 0.1, UnetArchitecture(nb_filters=8), config, progress=False, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ens.os, "cpu_count", lambda: 2)
+        serial = trained(tmp_path / "serial")
+    with (  # a worker of 2 threads gets both members at once: they must not share its threads
+        distributed.LocalCluster(processes=True, n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as two_threads,
+    ):
+        on_worker = trained(tmp_path / "dask", client=two_threads)
+    assert on_worker.weights_sha256 == serial.weights_sha256
+    for folder in ("serial", "dask"):
+        assert [json.loads((tmp_path / folder / f"member_{seed:04d}.json").read_text())["torch_threads"] for seed in (0, 1)] == [2, 2]
+
+
 def test_finished_members_are_not_retrained_on_workers(client, tmp_path):
     folder = tmp_path / "model"
     first = _train(folder, client=client)
