@@ -14,6 +14,10 @@ scan sampling, and reports:
 
     python benchmarks/validate_abtem.py [--smoke]
 
+abTEM's cell is periodic, so the field sits in it with ``CELL_PAD_A`` of vacuum on each side:
+the flake's atoms just outside the field (which our images see too) are not wrapped onto the
+opposite edge.
+
 ``--smoke`` images a smaller field on a coarser scan (seconds); without abTEM installed it
 prints our side of the tables only and says so.
 """
@@ -26,6 +30,7 @@ import importlib.util
 import time
 
 import numpy as np
+from ase import Atoms
 
 from elit_utils import simulate
 
@@ -38,6 +43,13 @@ SHEET_Z_A = 4.0
 #: Contamination lies on the sheet: its atoms start one van der Waals gap above it, in A.
 CONTAMINATION_GAP_A = 1.7
 CELL_HEIGHT_A = 16.0
+#: Vacuum added on each side of the field in abTEM's periodic cell, in A. The flake reaches
+#: 1 A beyond the field (as in our images); in a cell no wider than the field, abTEM wraps
+#: those atoms onto the opposite edge, where they doubled graphene's signal along every edge
+#: and made the contamination patch look 40 % fainter relative to it. With 3 A, the nearest
+#: periodic image of an atom is 5 A from the scanned field, where our images see vacuum too.
+CELL_PAD_A = 3.0
+POTENTIAL_SAMPLING_A = 0.04
 
 
 def flake(field_A: float) -> simulate.Structure:
@@ -66,19 +78,37 @@ def contaminated(lattice: simulate.Structure, conditions: simulate.ImagingCondit
     return structure, np.r_[np.full(len(lattice), SHEET_Z_A), heights], thickness
 
 
+def abtem_atoms(structure: simulate.Structure, heights_A: np.ndarray, field_A: float) -> Atoms:
+    """The structure as ASE atoms in abTEM's periodic cell: ``CELL_PAD_A`` of vacuum around the field, no atom wrapped.
+
+    ASE's x is our column and y our row; the field's corner (0, 0) lies at (CELL_PAD_A, CELL_PAD_A).
+
+    >>> atoms = abtem_atoms(flake(8.0), np.full(len(flake(8.0)), SHEET_Z_A), 8.0)
+    >>> bool((atoms.get_scaled_positions(wrap=False)[:, :2] > 0).all() and (atoms.get_scaled_positions(wrap=False) < 1).all())
+    True
+    """
+    side_A = field_A + 2 * CELL_PAD_A
+    xyz = np.column_stack([structure.positions_A[:, 1] + CELL_PAD_A, structure.positions_A[:, 0] + CELL_PAD_A, heights_A])
+    outside = ((xyz[:, :2] < 0) | (xyz[:, :2] >= side_A)).any(axis=1)
+    if outside.any():
+        raise ValueError(f"{outside.sum()} atoms lie over CELL_PAD_A={CELL_PAD_A} A outside the {field_A} A field: abTEM would wrap them; crop them")
+    return Atoms(numbers=structure.atomic_numbers, positions=xyz, cell=[side_A, side_A, CELL_HEIGHT_A], pbc=True)
+
+
 def abtem_image(structure: simulate.Structure, heights_A: np.ndarray, conditions: simulate.ImagingConditions) -> np.ndarray:
+    """abTEM's ADF image (fraction of the beam on the 80-200 mrad detector) over our field, on our pixel grid."""
     import abtem
-    from ase import Atoms
+    import scipy.fft
 
     field_A = conditions.field_of_view_A
-    xyz = np.column_stack([structure.positions_A[:, 1], structure.positions_A[:, 0], heights_A])
-    atoms = Atoms(numbers=structure.atomic_numbers, positions=xyz, cell=[field_A, field_A, CELL_HEIGHT_A], pbc=True)
+    atoms = abtem_atoms(structure, heights_A, field_A)
     abtem.config.set({"device": "cpu", "fft": "fftw"})
-    potential = abtem.Potential(atoms, sampling=0.04, slice_thickness=1.0, projection="infinite", parametrization="lobato")
+    grid = scipy.fft.next_fast_len(int(np.ceil(atoms.cell[0, 0] / POTENTIAL_SAMPLING_A)))  # no large prime factors in the FFTs
+    potential = abtem.Potential(atoms, gpts=grid, slice_thickness=1.0, projection="infinite", parametrization="lobato")
     probe = abtem.Probe(
         energy=conditions.beam_energy_kV * 1e3, semiangle_cutoff=conditions.convergence_semiangle_mrad, defocus=conditions.defocus_A, Cs=conditions.cs_mm * 1e7
     )
-    scan = abtem.GridScan(start=(0, 0), end=(field_A, field_A), sampling=conditions.sampling_A_per_px)
+    scan = abtem.GridScan(start=(CELL_PAD_A, CELL_PAD_A), end=(CELL_PAD_A + field_A, CELL_PAD_A + field_A), gpts=conditions.image_size_px)
     detector = abtem.AnnularDetector(inner=80, outer=200)
     measurement = probe.scan(potential, scan=scan, detectors=detector).compute()
     return np.asarray(measurement.array).T  # abTEM indexes (x, y); ours (row = y, col = x)

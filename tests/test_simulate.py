@@ -289,3 +289,24 @@ def test_contaminated_domain_covers_a_fifth_to_a_half_of_the_field():
 def test_bad_clutter_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SampleSpec(**kwargs)
+
+
+def _validate_abtem():
+    """benchmarks/validate_abtem.py as a module (it needs abTEM only to run multislice, not to build its cell)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("validate_abtem", Path(__file__).resolve().parents[1] / "benchmarks" / "validate_abtem.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_abtem_reference_cell_wraps_no_atom_of_the_flake_onto_another():
+    validate_abtem = _validate_abtem()
+    flake = validate_abtem.flake(12.0)
+    assert ((flake.positions_A < 0) | (flake.positions_A >= 12.0)).any()  # the flake reaches beyond the field, as in our images
+    atoms = validate_abtem.abtem_atoms(flake, np.full(len(flake), validate_abtem.SHEET_Z_A), 12.0)
+    distances_A = atoms.get_all_distances(mic=True)  # through the periodic cell, as abTEM sees them
+    np.fill_diagonal(distances_A, np.inf)
+    assert distances_A.min() == pytest.approx(2.46 / np.sqrt(3), abs=0.01)  # the C-C bond: no closer pair
