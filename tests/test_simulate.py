@@ -289,3 +289,47 @@ def test_contaminated_domain_covers_a_fifth_to_a_half_of_the_field():
 def test_bad_clutter_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SampleSpec(**kwargs)
+
+
+def _validate_abtem():
+    """benchmarks/validate_abtem.py as a module (it needs abTEM only to run multislice, not to build its cell)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("validate_abtem", Path(__file__).resolve().parents[1] / "benchmarks" / "validate_abtem.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_abtem_reference_cell_wraps_no_atom_of_the_flake_onto_another():
+    validate_abtem = _validate_abtem()
+    flake = validate_abtem.flake(12.0)
+    assert ((flake.positions_A < 0) | (flake.positions_A >= 12.0)).any()  # the flake reaches beyond the field, as in our images
+    atoms = validate_abtem.abtem_atoms(flake, np.full(len(flake), validate_abtem.SHEET_Z_A), 12.0)
+    distances_A = atoms.get_all_distances(mic=True)  # through the periodic cell, as abTEM sees them
+    np.fill_diagonal(distances_A, np.inf)
+    assert distances_A.min() == pytest.approx(2.46 / np.sqrt(3), abs=0.01)  # the C-C bond: no closer pair
+
+
+def test_abtem_reference_contamination_keeps_its_atoms_apart_in_depth():
+    """Amorphous carbon has no two atoms closer than about a bond; a static multislice would image such pairs coherently."""
+    validate_abtem = _validate_abtem()
+    conditions = ImagingConditions(image_size_px=40, sampling_A_per_px=0.3)
+    structure, heights_A, _ = validate_abtem.contaminated(validate_abtem.flake(12.0), conditions)
+    xyz_A = np.column_stack([structure.positions_A, heights_A])[structure.clutter]
+    distances_A = np.linalg.norm(xyz_A[:, None] - xyz_A[None], axis=2)
+    np.fill_diagonal(distances_A, np.inf)
+    assert len(xyz_A) > 10 and (distances_A.min(axis=1) < 1.0).mean() < 0.1  # independent uniform heights: 65 %
+
+
+@pytest.mark.parametrize("silicon_brightness", [4.2, 5.0])
+def test_abtem_contamination_ratio_compares_carbon_with_carbon_whatever_a_dopant_under_the_patch(silicon_brightness):
+    validate_abtem = _validate_abtem()
+    thickness_A = np.zeros((40, 40))
+    thickness_A[10:30, 10:30] = 3.0
+    lattice = Structure(np.array([[6.0, 6.0]]), np.array([simulate.SILICON_Z]))  # at pixel (20, 20) of a 0.3 A/px scan: under the patch
+    clean = np.ones((40, 40))
+    clean[19:22, 19:22] = silicon_brightness
+    ratios = validate_abtem.compare_contamination({"image": clean + 0.5 * (thickness_A > 0)}, {"image": clean}, thickness_A, lattice, 0.3)
+    assert ratios["image"] == pytest.approx(0.5)  # the patch adds half of graphene's signal; the Si's Z exponent plays no part
