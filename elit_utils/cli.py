@@ -760,7 +760,8 @@ def _predict_frame(folder: Path, frame: _Frame, ensemble: Any, detector: Any | N
     atoms, untrusted = _frame_atoms(prediction, threshold, trust)
     if untrusted is not None:
         _write_untrusted(folder / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
-    figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name)
+    is_si = None if atoms.si_probability is None else atoms.classes == 1  # two-class models: Si squared, with a legend
+    figure = show_atoms_with_uncertainty(frame.image, atoms.rows_px, atoms.cols_px, atoms.mutual_information, frame.sampling_A_per_px, frame.name, is_si=is_si)
     with atomic_path(folder / f"{frame.name}.png") as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(figure)

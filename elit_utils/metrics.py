@@ -2,8 +2,9 @@
 
 Atoms are matched one-to-one by the Hungarian algorithm (minimum total distance)
 among pairs closer than a tolerance in A; unmatched found atoms are false
-positives, unmatched true atoms false negatives. Per-pixel IoU is there too, for
-comparison with atomai's segmentation scores.
+positives, unmatched true atoms false negatives. :func:`class_scores` scores a
+two-class prediction (C and Si) per class, with its confusion counts. Per-pixel IoU
+is there too, for comparison with atomai's segmentation scores.
 
 Example
 -------
@@ -153,22 +154,116 @@ def detection_scores(
     return DetectionScores(n_true, n_found, n_matched, float(precision), float(recall), float(f1), rmse)
 
 
-def detection_scores_per_class(
-    found: np.ndarray, true: np.ndarray, sampling_A_per_px: float, tolerance_A: float = 0.5, class_names: tuple[str, ...] = ("C", "Si")
-) -> dict[str, DetectionScores]:
-    """Scores for each class separately; ``found`` and ``true`` are (k, 3): row, col, class.
+#: Rows and columns of :attr:`ClassScores.confusion`: true (rows) and found (columns) class of an atom;
+#: "none" is no atom: a found atom that matches no true one (row), a true atom nobody found (column).
+CONFUSION_LABELS: tuple[str, str, str] = ("C", "Si", "none")
 
-    >>> true = np.array([[5.0, 5.0, 0], [20.0, 20.0, 1]])
-    >>> scores = detection_scores_per_class(true.copy(), true, 0.1)
-    >>> scores["C"].f1, scores["Si"].f1
-    (1.0, 1.0)
+
+@dataclass(frozen=True)
+class ClassScores:
+    """How well a two-class prediction finds carbon, silicon and atoms of either element.
+
+    Attributes
+    ----------
+    scores: :class:`DetectionScores` for ``"C"``, ``"Si"`` and ``"all"`` (atoms of either
+        element, the class ignored: exactly what :func:`detection_scores` gives).
+    confusion: (3, 3) int counts, rows the true class, columns the found class, both in the
+        order of :data:`CONFUSION_LABELS` (C, Si, none): ``confusion[1, 0]`` is Si atoms found
+        as C, ``confusion[2, 1]`` Si found where there is no atom, ``confusion[1, 2]`` Si
+        atoms missed. ``confusion[2, 2]`` is always 0.
     """
-    found = np.asarray(found, float).reshape(-1, 3)
-    true = np.asarray(true, float).reshape(-1, 3)
-    return {
-        name: detection_scores(found[found[:, 2] == cls, :2], true[true[:, 2] == cls, :2], sampling_A_per_px, tolerance_A)
-        for cls, name in enumerate(class_names)
+
+    scores: dict[str, DetectionScores]
+    confusion: np.ndarray
+
+
+def _class_column(atoms: np.ndarray, what: str) -> np.ndarray:
+    """The class column (0 C, 1 Si) of (k, 3) atoms, checked."""
+    atoms = np.asarray(atoms, float)
+    if atoms.size and (atoms.ndim != 2 or atoms.shape[1] != 3):
+        raise ValueError(f"{what} atoms must be (k, 3): row px, col px, class (0 C, 1 Si); got shape {atoms.shape}")
+    classes = atoms.reshape(-1, 3)[:, 2]
+    unknown = sorted(set(classes.tolist()) - {0.0, 1.0})
+    if unknown:
+        raise ValueError(
+            f"{what} atoms hold classes {unknown}; the class column must be 0 (C) or 1 (Si), as AtomTable.classes and SimulatedDataset.coordinates give it"
+        )
+    return classes.astype(int)
+
+
+def _scores_from_counts(n_true: int, n_found: int, errors_A: np.ndarray) -> DetectionScores:
+    """Precision, recall, F1 and RMSE from counts and the matched pairs' distances (A), as :func:`detection_scores` defines them."""
+    n_matched = len(errors_A)
+    precision = n_matched / n_found if n_found else float(n_true == 0)
+    recall = n_matched / n_true if n_true else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    rmse = float(np.sqrt(np.mean(errors_A**2))) if n_matched else float("nan")
+    return DetectionScores(int(n_true), int(n_found), n_matched, float(precision), float(recall), float(f1), rmse)
+
+
+def class_scores(
+    found: np.ndarray,
+    true: np.ndarray,
+    sampling_A_per_px: float,
+    tolerance_A: float = 0.5,
+    frame_shape: tuple[int, int] | None = None,
+    border_A: float = 0.0,
+) -> ClassScores:
+    """Per-class precision, recall and F1 of a two-class prediction, and its confusion counts.
+
+    ``found`` and ``true`` are (k, 3): row px, col px, class (0 C, 1 Si), as
+    :attr:`~elit_utils.locate.AtomTable.classes` and
+    :meth:`~elit_utils.simulate.SimulatedDataset.coordinates` give them. Atoms are matched once,
+    whatever their class, exactly as :func:`detection_scores` matches them (``tolerance_A``,
+    ``frame_shape`` and ``border_A`` mean the same); a found Si atom is then right when its
+    match is a true Si atom. So a Si atom found as C counts as a missed Si and a wrong C.
+
+    A frame without Si: when no Si is found either, Si precision, recall and F1 are all 1
+    (nothing to find, nothing invented, as :func:`detection_scores` scores an empty frame);
+    one Si found there makes Si precision and F1 0. Pool frames with
+    :func:`pool_class_scores` to score the Si of many frames together.
+
+    >>> true = np.array([[10.0, 10.0, 0], [10.0, 30.0, 1], [30.0, 30.0, 0]])
+    >>> found = np.array([[10.2, 10.0, 0], [10.0, 30.0, 0], [40.0, 10.0, 1]])
+    >>> scores = class_scores(found, true, sampling_A_per_px=0.1)
+    >>> scores.scores["all"].f1, scores.scores["C"].precision, scores.scores["Si"].recall
+    (0.6666666666666666, 0.5, 0.0)
+    >>> scores.confusion.tolist()  # rows true C, Si, none; columns found C, Si, none
+    [[1, 0, 1], [1, 0, 0], [0, 1, 0]]
+    """
+    found_classes, true_classes = _class_column(found, "found"), _class_column(true, "true")
+    found_px, true_px = np.asarray(found, float).reshape(-1, 3)[:, :2], np.asarray(true, float).reshape(-1, 3)[:, :2]
+    found_idx, true_idx, found_scored, true_scored = _scored_matches(found_px, true_px, sampling_A_per_px, tolerance_A, frame_shape, border_A)
+    none = len(CONFUSION_LABELS) - 1
+    confusion = np.zeros((3, 3), int)
+    np.add.at(confusion, (true_classes[true_idx], found_classes[found_idx]), 1)
+    missed, spurious = true_scored.copy(), found_scored.copy()
+    missed[true_idx], spurious[found_idx] = False, False
+    np.add.at(confusion, (true_classes[missed], none), 1)
+    np.add.at(confusion, (none, found_classes[spurious]), 1)
+    errors_A = np.linalg.norm(found_px[found_idx] - true_px[true_idx], axis=1) * sampling_A_per_px
+    same_class = true_classes[true_idx] == found_classes[found_idx]
+    scores = {
+        name: _scores_from_counts(confusion[k].sum(), confusion[:, k].sum(), errors_A[same_class & (true_classes[true_idx] == k)])
+        for k, name in enumerate(CONFUSION_LABELS[:none])
     }
+    scores["all"] = _scores_from_counts(int(true_scored.sum()), int(found_scored.sum()), errors_A)
+    return ClassScores(scores, confusion)
+
+
+def pool_class_scores(per_frame: Sequence[ClassScores]) -> ClassScores:
+    """Class scores of many frames: counts pooled (micro-average), as :func:`pool_scores` pools them.
+
+    >>> frame = class_scores(np.array([[5.0, 5.0, 1]]), np.array([[5.0, 5.0, 1]]), 0.1)
+    >>> no_si = class_scores(np.array([[5.0, 5.0, 1]]), np.array([[5.0, 5.0, 0]]), 0.1)
+    >>> pooled = pool_class_scores([frame, no_si])
+    >>> pooled.scores["Si"].precision, pooled.scores["Si"].recall, int(pooled.confusion[0, 1])
+    (0.5, 1.0, 1)
+    """
+    if not per_frame:
+        raise ValueError("pool_class_scores needs the scores of at least one frame")
+    names = per_frame[0].scores.keys()
+    return ClassScores({name: pool_scores([frame.scores[name] for frame in per_frame]) for name in names}, sum(frame.confusion for frame in per_frame))
 
 
 def pixel_iou(predicted_mask: np.ndarray, true_mask: np.ndarray) -> float:

@@ -825,7 +825,12 @@ class SimulatedDataset:
 
     @property
     def class_masks(self) -> np.ndarray:
-        """Per-class masks, (n, 2, H, W) bool: channel 0 C, channel 1 Si."""
+        """Per-element masks, (n, 2, H, W) bool: channel 0 C, channel 1 Si.
+
+        Not what two-class members train on: those channels are "atom" (either element) and
+        "Si, given an atom" (:func:`elit_utils.ensemble.two_class_masks`), so that channel 0
+        stays the paper's one-class map.
+        """
         return np.stack([self.label_mask == 1, self.label_mask == 2], axis=1)
 
 

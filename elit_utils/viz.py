@@ -214,8 +214,12 @@ def show_atoms_with_uncertainty(
     sampling_A_per_px: float | None,
     title: str = "",
     quantity: str = "mutual information",
+    is_si: np.ndarray | None = None,
 ) -> Figure:
     """A micrograph with found atoms as rings coloured by their uncertainty (nats), with a colourbar.
+
+    ``is_si`` (a two-class ensemble's atoms, True where the atom is Si) adds a square around each
+    Si atom and a legend that counts C and Si (:func:`draw_si_marks`).
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> fig = show_atoms_with_uncertainty(np.random.rand(32, 32), np.array([5.0]), np.array([6.0]), np.array([0.1]), 0.1)
@@ -224,6 +228,70 @@ def show_atoms_with_uncertainty(
     """
     fig, ax = plt.subplots(figsize=(5.6, 5))
     draw_atoms_with_uncertainty(ax, image, rows_px, cols_px, uncertainty, sampling_A_per_px, title, quantity)
+    if is_si is not None:
+        draw_si_marks(ax, rows_px, cols_px, is_si)
+    fig.tight_layout()
+    return fig
+
+
+def draw_si_marks(ax: Axes, rows_px: np.ndarray, cols_px: np.ndarray, is_si: np.ndarray) -> None:
+    """Square each Si atom (:data:`ATOM_COLOURS`' Si colour over a dark edge) and add a legend: "C: n", "Si: n".
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig, ax = plt.subplots()
+    >>> draw_si_marks(ax, np.array([5.0, 9.0]), np.array([6.0, 9.0]), np.array([False, True]))
+    >>> [text.get_text() for text in ax.get_legend().get_texts()]
+    ['C: 1 atom', 'Si (probability > 0.5): 1 atom']
+    """
+    is_si = np.asarray(is_si, bool)
+    rows_px, cols_px = np.asarray(rows_px)[is_si], np.asarray(cols_px)[is_si]
+    ax.scatter(cols_px, rows_px, s=150, marker="s", facecolors="none", edgecolors="black", linewidths=3.2)
+    ax.scatter(cols_px, rows_px, s=150, marker="s", facecolors="none", edgecolors=ATOM_COLOURS[1], linewidths=1.8)
+    n_c, n_si = int((~is_si).sum()), int(is_si.sum())
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", markeredgecolor="0.6", markersize=6),
+        plt.Line2D([], [], marker="s", linestyle="none", markerfacecolor="none", markeredgecolor=ATOM_COLOURS[1], markeredgewidth=1.8, markersize=10),
+    ]
+    labels = [f"C: {n_c} atom{'s' * (n_c != 1)}", f"Si (probability > 0.5): {n_si} atom{'s' * (n_si != 1)}"]
+    ax.legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.85)
+
+
+def show_si_probability(
+    image: np.ndarray,
+    rows_px: np.ndarray,
+    cols_px: np.ndarray,
+    si_probability: np.ndarray,
+    si_uncertainty: np.ndarray,
+    sampling_A_per_px: float | None,
+    title: str = "",
+    true_si_px: np.ndarray | None = None,
+) -> Figure:
+    """Is it carbon or silicon? Found atoms as discs coloured by their Si probability (C colour to Si
+    colour), each disc's size growing with the members' spread of that probability (its uncertainty,
+    a standard deviation in [0, 0.5]); ``true_si_px`` ((k, 2) row, col) marks true Si with crosses.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> fig = show_si_probability(np.random.rand(32, 32), np.array([5.0, 9.0]), np.array([6.0, 9.0]), np.array([0.1, 0.9]), np.array([0.0, 0.2]), 0.1)
+    >>> fig.axes[1].get_ylabel(), fig.axes[0].collections[-1].get_sizes().tolist()
+    ('Si probability (mean over members)', [20.0, 140.0])
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 5))
+    show_micrograph(ax, image, sampling_A_per_px, title)
+    scale = ScalarMappable(Normalize(0, 1), cmap=LinearSegmentedColormap.from_list("c_to_si", [ATOM_COLOURS[0], "white", ATOM_COLOURS[1]]))
+    sizes = 20 + 600 * np.asarray(si_uncertainty, float)  # points^2: 20 for full agreement, 320 for a spread of 0.5
+    ax.scatter(cols_px, rows_px, s=sizes, c=scale.to_rgba(np.asarray(si_probability)), edgecolors="black", linewidths=0.8)
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="none", markersize=np.sqrt(20 + 600 * spread), markerfacecolor="0.7", markeredgecolor="black")
+        for spread in (0.0, 0.1, 0.3)
+    ]
+    labels = [f"spread {spread:g}" for spread in (0.0, 0.1, 0.3)]
+    if true_si_px is not None and len(true_si_px):
+        true_si_px = np.asarray(true_si_px, float).reshape(-1, 2)
+        handles.append(ax.scatter(true_si_px[:, 1], true_si_px[:, 0], s=40, marker="x", color="black", linewidths=1.5))
+        labels.append("true Si")
+    ax.legend(handles, labels, loc="upper right", fontsize=8, framealpha=0.85, labelspacing=1.2)
+    bar = fig.colorbar(scale, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("Si probability (mean over members)")
     fig.tight_layout()
     return fig
 

@@ -468,7 +468,7 @@ def test_trust_regions_are_fitted_by_train_and_give_a_mask_and_a_trusted_column(
     assert (tmp_path / "o2" / "a.npy.csv").read_text().splitlines()[0].endswith(",vote_fraction")
 
 
-def test_two_class_train_and_predict_fill_the_class_column(model, tmp_path, capsys):
+def test_two_class_train_and_predict_fill_the_class_column(model, tmp_path, capsys, monkeypatch):
     two = tmp_path / "two"
     argv = ["train", "--profile", "smoke", "--members", "2", "--iterations", "2", "--images", "4", "--out", str(two), "--classes", "2"]
     assert main([*argv[:-2], "--dopant-rich-share", "0.5"]) == 2
@@ -480,8 +480,21 @@ def test_two_class_train_and_predict_fill_the_class_column(model, tmp_path, caps
     assert (two / "trust_regions.json").exists()
     np.save(tmp_path / "a.npy", np.random.default_rng(0).random((112, 112)))
     predict = ["predict", str(tmp_path / "a.npy"), "--sampling", "0.1"]
+    from elit_utils import viz
+
+    legends = []
+
+    def drawn(*args, **kwargs):  # the real figure, its legend kept for the check below
+        figure = show(*args, **kwargs)
+        legends.append([text.get_text() for text in figure.axes[0].get_legend().get_texts()])
+        return figure
+
+    show = viz.show_atoms_with_uncertainty
+    monkeypatch.setattr(viz, "show_atoms_with_uncertainty", drawn)
     assert main([*predict, "--model", str(two), "--out", str(tmp_path / "o"), "--classes", "2"]) == 0
     lines = (tmp_path / "o" / "a.npy.csv").read_text().splitlines()
+    n_si = sum(line.split(",")[4] == "1" for line in lines[1:])
+    assert legends == [[f"C: {len(lines) - 1 - n_si} atom{'s' * (len(lines) - 1 - n_si != 1)}", f"Si (probability > 0.5): {n_si} atom{'s' * (n_si != 1)}"]]
     assert lines[0].endswith(",vote_fraction,si_probability,si_uncertainty,trusted")
     rows = [line.split(",") for line in lines[1:]]
     assert all(0 <= float(row[10]) <= 0.5 for row in rows)  # a standard deviation of probabilities

@@ -3,7 +3,7 @@ import pytest
 
 from elit_utils import simulate
 from elit_utils.locate import find_atoms
-from elit_utils.metrics import detection_scores, detection_scores_per_class, match_atoms, pixel_iou
+from elit_utils.metrics import class_scores, detection_scores, match_atoms, pixel_iou, pool_class_scores
 
 
 def test_perfect_detection():
@@ -49,8 +49,69 @@ def test_empty_cases():
 def test_per_class_scores_do_not_match_across_classes():
     true = np.array([[5.0, 5.0, 0], [20.0, 20.0, 1]])
     found = np.array([[5.0, 5.0, 1], [20.0, 20.0, 1]])  # the C atom called Si
-    scores = detection_scores_per_class(found, true, 0.1)
-    assert scores["C"].recall == 0.0 and scores["Si"].precision == 0.5 and scores["Si"].recall == 1.0
+    scores = class_scores(found, true, 0.1)
+    assert scores.scores["C"].recall == 0.0 and scores.scores["Si"].precision == 0.5 and scores.scores["Si"].recall == 1.0
+    assert scores.scores["all"].f1 == 1.0  # both atoms found, whatever their class
+    assert scores.confusion.tolist() == [[0, 1, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_class_scores_count_every_kind_of_error_once():
+    true = np.array([[10.0, 10.0, 0], [10.0, 20.0, 0], [20.0, 10.0, 1], [20.0, 20.0, 1], [30.0, 30.0, 0], [30.0, 10.0, 1]])
+    found = np.array(
+        [
+            [10.1, 10.0, 0],  # C found as C
+            [10.0, 20.3, 1],  # C found as Si
+            [20.0, 10.0, 0],  # Si found as C
+            [19.8, 20.0, 1],  # Si found as Si
+            [5.0, 35.0, 1],  # Si where there is no atom
+            [35.0, 5.0, 0],  # C where there is no atom
+        ]
+    )  # true (30, 30) C and (30, 10) Si are missed
+    scores = class_scores(found, true, sampling_A_per_px=0.1, tolerance_A=0.5)
+    assert scores.confusion.tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 0]]
+    for k, name in enumerate(("C", "Si")):
+        counts = scores.scores[name]
+        assert (counts.n_true, counts.n_found, counts.n_matched) == (scores.confusion[k].sum(), scores.confusion[:, k].sum(), scores.confusion[k, k])
+        assert counts.precision == pytest.approx(1 / 3) and counts.recall == pytest.approx(1 / 3)
+    assert scores.scores["Si"].rmse_A == pytest.approx(0.02)  # only the Si-as-Si pair
+    assert scores.scores["all"] == detection_scores(found[:, :2], true[:, :2], 0.1, 0.5)
+
+
+def test_class_scores_agree_with_detection_scores_at_the_border():
+    true = np.array([[20.0, 2.0, 1], [20.0, 20.0, 0], [30.0, 30.0, 1]])
+    found = np.array([[20.0, 3.0, 1], [20.0, 20.0, 0], [38.0, 1.0, 1]])  # the first and last lie in the unscored band
+    kwargs = dict(sampling_A_per_px=0.1, tolerance_A=0.5, frame_shape=(40, 40), border_A=0.5)
+    scores = class_scores(found, true, **kwargs)
+    assert scores.scores["all"] == detection_scores(found[:, :2], true[:, :2], **kwargs)
+    assert scores.confusion.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]  # only the C pair and the missed Si at (30, 30) count
+
+
+def test_si_of_a_frame_without_si_is_perfect_when_none_is_found_and_zero_when_one_is():
+    true = np.array([[10.0, 10.0, 0], [10.0, 20.0, 0]])
+    right = class_scores(true.copy(), true, 0.1)
+    assert (right.scores["Si"].precision, right.scores["Si"].recall, right.scores["Si"].f1) == (1.0, 1.0, 1.0)
+    invented = class_scores(np.array([[10.0, 10.0, 0], [10.0, 20.0, 1]]), true, 0.1)
+    assert (invented.scores["Si"].precision, invented.scores["Si"].f1) == (0.0, 0.0)
+    assert invented.scores["C"].recall == 0.5 and invented.scores["all"].f1 == 1.0
+
+
+def test_pooled_class_scores_sum_the_counts_of_the_frames():
+    si_frame = class_scores(np.array([[5.0, 5.0, 1], [5.0, 15.0, 0]]), np.array([[5.0, 5.0, 1], [5.0, 15.0, 1]]), 0.1)
+    carbon_frame = class_scores(np.array([[5.0, 5.0, 0]]), np.array([[5.0, 5.0, 0]]), 0.1)
+    pooled = pool_class_scores([si_frame, carbon_frame])
+    assert np.array_equal(pooled.confusion, si_frame.confusion + carbon_frame.confusion)
+    assert (pooled.scores["Si"].precision, pooled.scores["Si"].recall) == (1.0, 0.5)  # the frame without Si adds nothing to Si
+    assert pooled.scores["C"].n_found == 2 and pooled.scores["C"].precision == 0.5
+    with pytest.raises(ValueError, match="at least one frame"):
+        pool_class_scores([])
+
+
+def test_class_scores_refuse_unknown_classes_and_shapes():
+    with pytest.raises(ValueError, match=r"found atoms hold classes \[2.0\].*0 \(C\) or 1 \(Si\)"):
+        class_scores(np.array([[5.0, 5.0, 2]]), np.array([[5.0, 5.0, 1]]), 0.1)
+    with pytest.raises(ValueError, match=r"true atoms must be \(k, 3\)"):
+        class_scores(np.array([[5.0, 5.0, 1]]), np.array([[5.0, 5.0]]), 0.1)
+    assert class_scores(np.empty((0, 3)), np.empty((0, 3)), 0.1).confusion.sum() == 0
 
 
 def test_pixel_iou():

@@ -106,3 +106,27 @@ def test_adapt_refuses_a_two_class_ensemble(tmp_path):
     with pytest.raises(BadValueError, match="one-class"):
         iterate.adapt(model, np.zeros((1, 32, 32), np.float32), 0.1, tmp_path / "adapt", progress=False)
     assert not (tmp_path / "adapt").exists()
+
+
+def test_si_marks_square_only_the_si_atoms_and_the_si_figure_sizes_atoms_by_their_spread():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from elit_utils import viz
+
+    rows, cols = np.array([5.0, 10.0, 20.0]), np.array([6.0, 12.0, 25.0])
+    fig = viz.show_atoms_with_uncertainty(np.full((32, 32), 0.5), rows, cols, np.zeros(3), 0.1, is_si=np.array([False, True, True]))
+    edge, squares = fig.axes[0].collections[-2:]
+    assert np.array_equal(squares.get_offsets(), [[12.0, 10.0], [25.0, 20.0]]) and np.array_equal(edge.get_offsets(), squares.get_offsets())
+    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == ["C: 1 atom", "Si (probability > 0.5): 2 atoms"]
+    assert viz.show_atoms_with_uncertainty(np.zeros((32, 32)), rows, cols, np.zeros(3), 0.1).axes[0].get_legend() is None  # one class: no legend
+
+    fig = viz.show_si_probability(
+        np.zeros((32, 32)), rows, cols, np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.5, 0.1]), 0.1, true_si_px=np.array([[20.0, 25.0]])
+    )
+    discs, crosses = fig.axes[0].collections[-2:]
+    sizes = discs.get_sizes()
+    assert sizes[1] > sizes[2] > sizes[0]  # the larger the spread, the larger the disc
+    colours = discs.get_facecolors()[:, :3]
+    assert np.allclose(colours[0], matplotlib.colors.to_rgb(viz.ATOM_COLOURS[0])) and np.allclose(colours[2], matplotlib.colors.to_rgb(viz.ATOM_COLOURS[1]))
+    assert np.array_equal(crosses.get_offsets(), [[25.0, 20.0]]) and "true Si" in [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
