@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from elit_utils.errors import BadValueError
+from elit_utils.config import ERROR_MONITOR_FILE
+from elit_utils.errors import BadModelFolderError, BadValueError
+from elit_utils.ood import FrameErrorMonitor, ensure_frame_error_monitor
 from elit_utils.stream import DEFAULT_SCENARIO, MicroscopeStream, Scenario, Segment, Trigger
 
 SMALL = Scenario(
@@ -116,3 +120,62 @@ def test_the_trigger_needs_a_run_of_flagged_frames():
     assert fired == [False, False, False, False, False, True, False] and trigger.run == 1
     with pytest.raises(BadValueError, match="run_frames"):
         Trigger(run_frames=0)
+
+
+# --------------------------------------------------------------------------- the frame error monitor
+
+
+def _source_like_frames(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Atom entropies of source-like frames: about 250 atoms each, entropies mostly low, with a tail."""
+    return [rng.beta(1.5, 12.0, size=rng.poisson(250)) * np.log(2) for _ in range(n)]
+
+
+def test_the_monitor_flags_the_stated_share_of_fresh_source_frames():
+    rng = np.random.default_rng(1)
+    fitted_on, fresh, rate = 200, 600, 0.1
+    monitor = FrameErrorMonitor.fit(_source_like_frames(rng, fitted_on), false_alarm_rate=rate)
+    flagged = np.mean([monitor.flags(monitor.estimate(e)) for e in _source_like_frames(rng, fresh)])
+    # two binomial spreads: the fresh frames' share, and the limit's own, a quantile of half the fitting frames
+    spread = np.sqrt(rate * (1 - rate) * (1 / fresh + 1 / (fitted_on // 2)))
+    assert abs(flagged - rate) < 3 * spread, (flagged, spread)
+
+
+def test_wrong_atoms_raise_the_estimate_through_their_entropy():
+    from elit_utils.ensemble import uncertainty_maps
+    from elit_utils.locate import locate_atoms
+
+    rng = np.random.default_rng(2)
+    centres = rng.uniform(8, 120, size=(60, 2))
+    rows, cols = np.mgrid[0:128, 0:128]
+
+    def members(agreeing: np.ndarray) -> np.ndarray:  # 3 members' probability maps; where they disagree, one sees no atom
+        maps = np.full((3, 128, 128), 0.01)
+        for (r, c), agree in zip(centres, agreeing):
+            blob = np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 1.5**2))
+            for m in range(3):
+                maps[m] = np.maximum(maps[m], (0.97 if agree or m else 0.05) * blob)
+        return maps
+
+    source = [locate_atoms(uncertainty_maps(members(np.ones(60, bool)) * rng.uniform(0.97, 1.0), 0.1)).entropy for _ in range(8)]
+    monitor = FrameErrorMonitor.fit(source, false_alarm_rate=0.25)
+    wrong = locate_atoms(uncertainty_maps(members(np.arange(60) % 3 == 0), 0.1)).entropy  # two atoms in three are doubtful
+    assert monitor.estimate(wrong) > 0.3 > monitor.estimate_limit and monitor.flags(monitor.estimate(wrong))
+
+
+def test_a_monitor_is_saved_beside_its_members_and_refused_when_stale(tmp_path):
+    from tests.conftest import tiny_ensemble
+
+    ensemble = tiny_ensemble(tmp_path / "model", 2)
+    monitor, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
+    assert fitted and (tmp_path / "model" / ERROR_MONITOR_FILE).is_file()
+    again, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
+    assert not fitted and again == monitor
+    stale = dataclasses.replace(monitor, members={"0": "another member"})
+    stale.save(tmp_path / "model" / ERROR_MONITOR_FILE)
+    with pytest.raises(BadModelFolderError, match="fitted on .*stale"):
+        FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE, ensemble)
+    refitted, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
+    assert fitted and refitted.members == monitor.members
+    (tmp_path / "model" / ERROR_MONITOR_FILE).write_text("{not json")
+    with pytest.raises(BadModelFolderError, match="is not a frame error monitor"):
+        FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE)
