@@ -1074,7 +1074,7 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
     from .ood import ensure_shift_detector, member_fingerprint
 
     index = state.adaptations + 1
-    adapt_out = out / "models" / f"adapt_{index:03d}"
+    adapt_out = out.absolute() / "models" / f"adapt_{index:03d}"  # absolute, so that a restart from elsewhere finds it
     record = _model_record(state.model)
     frames = _load_frames([folder / name for name in state.collecting], args, float(record["sampling_A_per_px"]))
     _say(f"Adapting {_shown(state.model)} to {len(frames)} frames into {_shown(adapt_out)}/ (frames wait meanwhile)")
