@@ -32,7 +32,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -969,7 +969,7 @@ def _replay(lines: list[dict], model: Path, out: Path) -> _WatchState:
         raise OutputConflictError(
             f"{_shown(out)} holds a watch run of the model {started['model']}; rerun with --model {started['model']} to go on with it, or choose another --out."
         )
-    state = _WatchState(model)
+    state = _WatchState(model.absolute())
     for line in lines:
         if line.get("event") == "swap":
             state.model, state.collecting, state.run, state.adaptations = Path(line["model"]), None, 0, state.adaptations + 1
@@ -1092,8 +1092,6 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
 
 
 def _watch(args: argparse.Namespace) -> int:
-    import signal
-
     folder, out, model = Path(args.folder), Path(args.out), Path(args.model)
     if not folder.is_dir():
         raise BadValueError(f"{_shown(folder)} is not a folder: elit watch watches a folder that frames are written into.")
@@ -1104,6 +1102,30 @@ def _watch(args: argparse.Namespace) -> int:
     if _model_classes(record) != 1:
         raise BadValueError(f"{_shown(model)} is a two-class model; elit watch adapts, which needs a one-class model: pass --model of one.")
     out.mkdir(parents=True, exist_ok=True)
+    with _only_watcher(out):
+        return _watch_folder(args, folder, out, model)
+
+
+@contextlib.contextmanager
+def _only_watcher(out: Path) -> Iterator[None]:
+    """Hold a lock on ``out`` while watching, so that a second ``elit watch`` into it is refused (no lock where the OS has no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(out / ".watch.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputConflictError(f"another elit watch is writing into {_shown(out)}; stop it first, or choose another --out.") from None
+        yield
+
+
+def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path) -> int:
+    """The watch loop: replay the log, then process settled frames one at a time, adapting when the trigger has collected enough."""
+    import signal
+
     log = out / WATCH_LOG_FILE
     state = _replay(_read_watch_log(log), model, out)
     if state.done:
@@ -1118,8 +1140,8 @@ def _watch(args: argparse.Namespace) -> int:
             if state.collecting is not None and len(state.collecting) >= args.adapt_frames:
                 in_use = _adapt_and_swap(args, folder, out, state, log)
             ready, waiting = _ready_files(folder, state.done, seen)
-            for path in ready[:1]:  # one at a time, so that an adaptation happens right after the frame that completes it
-                entry = _watch_frame(path, args, out, in_use, state)
+            if ready:  # one frame at a time, so that an adaptation happens right after the frame that completes it
+                entry = _watch_frame(ready[0], args, out, in_use, state)
                 _append_line(log, entry)
                 state.done.add(entry["file"])
                 if entry["decision"] == "trigger":

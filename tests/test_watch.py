@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -60,7 +61,7 @@ def test_watch_processes_new_frames_once_and_resumes(tmp_path, capsys):
     assert "Resuming: 3 frames" in capsys.readouterr().out
 
 
-def test_watch_refuses_a_log_of_another_model(tmp_path, capsys):
+def test_watch_refuses_a_log_of_another_model_and_a_second_watcher(tmp_path, capsys):
     folder, out = tmp_path / "microscope", tmp_path / "out"
     tiny_ensemble(tmp_path / "a", 1)
     tiny_ensemble(tmp_path / "b", 1)
@@ -68,6 +69,10 @@ def test_watch_refuses_a_log_of_another_model(tmp_path, capsys):
     assert _watch(folder, tmp_path / "a", out) == 0
     assert _watch(folder, tmp_path / "b", out) == 2
     assert "holds a watch run of the model" in capsys.readouterr().err
+    with open(out / ".watch.lock", "w") as lock:  # another watcher holds the folder
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert _watch(folder, tmp_path / "a", out) == 2
+    assert "another elit watch is writing into" in capsys.readouterr().err
 
 
 def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
@@ -95,3 +100,23 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
     assert _watch(folder, model, out, *options) == 0  # a restart goes on with the adapted model and redoes nothing
     restart = _log(out)[len(lines) :]
     assert [line["event"] for line in restart] == ["start"] and restart[0]["model_in_use"] == str(adapted)
+
+
+def test_a_file_is_read_only_once_its_size_and_time_have_settled(tmp_path):
+    from elit_utils.cli import _ready_files
+
+    frame = tmp_path / "frame.npy"
+    frame.write_bytes(b"\x93NUMPY half of it")  # a microscope still writing
+    (tmp_path / ".frame2.npy.part").write_bytes(b"")  # hidden temporaries and other files are never frames
+    seen: dict = {}
+    assert _ready_files(tmp_path, set(), seen) == ([], True)
+    assert _ready_files(tmp_path, set(), seen) == ([], True)  # unchanged, but written less than SETTLE_S ago
+    old = time.time() - 10 * SETTLE_S
+    os.utime(frame, (old, old))
+    assert _ready_files(tmp_path, set(), seen) == ([], True)  # changed since the last look
+    assert _ready_files(tmp_path, set(), seen) == ([frame], False)
+    with open(frame, "ab") as handle:
+        handle.write(b" and the rest")
+    os.utime(frame, (old, old))  # same time, other size: still being written
+    assert _ready_files(tmp_path, set(), seen) == ([], True)
+    assert _ready_files(tmp_path, {"frame.npy"}, seen) == ([], False)  # done frames are not looked at again
