@@ -907,7 +907,8 @@ WATCH_LOG_FILE = "decisions.jsonl"
 #: A file in the watched folder is read once its size and modification time have stayed the same for this long, s
 #: (a microscope may still be writing it).
 SETTLE_S = 1.0
-#: Fresh simulated source frames that fit a model's frame error monitor (and an adapted model's shift detector).
+#: Fresh simulated source frames that fit a model's frame error monitor (of the watched frames' size) and an adapted model's
+#: shift detector (of the profile's size, as ``elit train`` fits it).
 MONITOR_FRAMES = 40
 #: Their seed: not the training frames' (seed 0), nor those of train's shift detector (4000).
 MONITOR_SEED = 4100
@@ -1006,34 +1007,41 @@ def _ready_files(folder: Path, done: set[str], seen: dict[str, tuple[int, int]])
     return [path for _, _, path in sorted(ready)], waiting
 
 
-def _watched_model(model: Path) -> tuple[Any, Any, Any, Any]:
-    """The ensemble of ``model``, its frame error monitor (fitted and saved when missing or stale), shift detector and trust regions."""
-    from .config import get_profile
+def _watched_model(model: Path) -> tuple[Any, Any, Any]:
+    """The ensemble of ``model``, its shift detector and its trust regions (None where the folder has none)."""
     from .ensemble import Ensemble
-    from .ood import ERROR_MONITOR_FILE, ensure_frame_error_monitor
 
     ensemble = Ensemble.load(model)
-    monitor, fitted = ensure_frame_error_monitor(ensemble, MONITOR_FRAMES, MONITOR_SEED, get_profile().image_size_px)
+    return ensemble, _shift_detector(model, ensemble), _trust_regions(model, ensemble)
+
+
+def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
+    """The model's frame error monitor for frames of this one's size (at the model's pixel size), fitted on as many
+    fresh source frames of that size, and saved beside the members, when it has none for that size."""
+    from .ood import ERROR_MONITOR_FILE, ensure_frame_error_monitor
+
+    height, width = frame.image.shape
+    side = max(MIN_SIDE_PX, round(math.sqrt(height * width) * frame.sampling_A_per_px / ensemble.sampling_A_per_px))
+    monitor, fitted = ensure_frame_error_monitor(ensemble, MONITOR_FRAMES, MONITOR_SEED, side)
     if fitted:
         _say(
-            f"Frame error monitor fitted on {MONITOR_FRAMES} fresh source frames (flags {monitor.false_alarm_rate:.0%} of them: "
-            f"estimate over {monitor.estimate_limit:.3f}) -> {_shown(model / ERROR_MONITOR_FILE)}"
+            f"Frame error monitor fitted on {MONITOR_FRAMES} fresh source frames of {side} px (flags {monitor.false_alarm_rate:.0%} of them: "
+            f"estimate over {monitor.estimate_limit:.3f}) -> {_shown(Path(ensemble.folder) / ERROR_MONITOR_FILE)}"
         )
-    detector = _shift_detector(model, ensemble)
-    trust = _trust_regions(model, ensemble)
-    return ensemble, monitor, detector, trust
+    return monitor
 
 
 def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, state: _WatchState) -> dict:
     """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (collect the next frames to adapt on) or collect."""
     from .stream import Trigger
 
-    ensemble, monitor, detector, trust = model
+    ensemble, detector, trust = model
     entry = {"event": "frame", "file": _shown(path.name), "time": _now(), "model": _shown(state.model)}
     try:
         frame = _load_frames([path], args, ensemble.sampling_A_per_px)[0]
     except (BadImageError, BadValueError) as error:
         return {**entry, "decision": "unreadable", "error": _message(error), "run_over_limit": state.run}
+    monitor = _frame_monitor(ensemble, frame)
     prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
     atoms, untrusted = _frame_atoms(prediction, args.threshold, trust)
     if untrusted is not None:
@@ -1068,8 +1076,8 @@ def _now() -> str:
 
 
 def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _WatchState, log: Path) -> tuple:
-    """Adapt the model in use to the collected frames (resuming rounds already on disk), fit its monitor and shift
-    detector on fresh source frames, log the swap, and return the adapted model."""
+    """Adapt the model in use to the collected frames (resuming rounds already on disk), fit its shift detector on
+    fresh source frames, log the swap, and return the adapted model (its frame error monitor is fitted at its first frame)."""
     from .config import get_profile
     from .ood import ensure_shift_detector, member_fingerprint
 
@@ -1081,7 +1089,7 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
     started = time.perf_counter()
     result = _run_adapt(frames, state.model, adapt_out, args)
     adapted = adapt_out / f"round_{result.history[-1]['round']}"
-    ensure_shift_detector(result.ensemble, MONITOR_FRAMES, MONITOR_SEED, get_profile().image_size_px)
+    ensure_shift_detector(result.ensemble, MONITOR_FRAMES, MONITOR_SEED, get_profile().image_size_px)  # as elit train fits it
     model = _watched_model(adapted)
     seconds = time.perf_counter() - started
     swap = {"event": "swap", "time": _now(), "model": _shown(adapted), "previous_model": _shown(state.model), "frames": list(state.collecting)}

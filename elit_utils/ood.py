@@ -990,6 +990,10 @@ class FrameErrorMonitor:
 
     ``members``: the members it was fitted on (seed -> weights sha256, :func:`member_fingerprint`);
     loading it beside other members is refused, as for the shift detector and trust regions.
+    ``image_size_px``: the side of the source frames it was fitted on. Fit it on frames of the size
+    it will judge: a smaller frame has a larger share of its atoms at the edges and fewer atoms,
+    so its estimate is higher and spreads wider (on the smoke ensemble, the limit set on 128 px
+    frames was ten times that set on 256 px frames).
 
     >>> monitor = FrameErrorMonitor(entropy_limit_nats=0.3, estimate_limit=0.1)
     >>> estimate = monitor.estimate(np.array([0.1, 0.2, 0.5, 0.6]))
@@ -1003,6 +1007,7 @@ class FrameErrorMonitor:
     quantile: float = UNCERTAIN_ATOM_QUANTILE
     n_source_frames: int | None = None
     members: dict[str, str] | None = None
+    image_size_px: int | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.entropy_limit_nats) and 0 <= self.entropy_limit_nats <= np.log(2)):
@@ -1087,16 +1092,18 @@ def fit_frame_error_monitor(
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     sampling = data.conditions.sampling_A_per_px
     entropies = [locate_atoms(ensemble.predict(image, sampling_A_per_px=sampling)).entropy for image in data.images]
-    return dataclasses.replace(FrameErrorMonitor.fit(entropies, false_alarm_rate), members=member_fingerprint(ensemble))
+    return dataclasses.replace(FrameErrorMonitor.fit(entropies, false_alarm_rate), members=member_fingerprint(ensemble), image_size_px=int(image_size_px))
 
 
 def ensure_frame_error_monitor(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> tuple[FrameErrorMonitor, bool]:
-    """The frame error monitor of ``ensemble``'s folder, refitted (and saved) when missing, unreadable or stale;
-    returns it and whether it was (re)fitted."""
+    """The frame error monitor of ``ensemble``'s folder, refitted (and saved) when missing, unreadable, stale or
+    fitted on frames of another size than ``image_size_px``; returns it and whether it was (re)fitted."""
     path = Path(ensemble.folder) / ERROR_MONITOR_FILE
     if path.exists():
         try:
-            return FrameErrorMonitor.load(path, ensemble), False
+            monitor = FrameErrorMonitor.load(path, ensemble)
+            if monitor.image_size_px == image_size_px:
+                return monitor, False
         except BadModelFolderError:
             pass  # unreadable or stale: fitted afresh below
     monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain)

@@ -169,7 +169,9 @@ def test_a_monitor_is_saved_beside_its_members_and_refused_when_stale(tmp_path):
     monitor, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
     assert fitted and (tmp_path / "model" / ERROR_MONITOR_FILE).is_file()
     again, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
-    assert not fitted and again == monitor
+    assert not fitted and again == monitor and monitor.image_size_px == 64
+    resized, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 48)  # frames of another size: refitted on frames of theirs
+    assert fitted and resized.image_size_px == 48 == FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE).image_size_px
     stale = dataclasses.replace(monitor, members={"0": "another member"})
     stale.save(tmp_path / "model" / ERROR_MONITOR_FILE)
     with pytest.raises(BadModelFolderError, match="fitted on .*stale"):

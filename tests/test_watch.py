@@ -42,7 +42,7 @@ def test_watch_processes_new_frames_once_and_resumes(tmp_path, capsys):
     _drop(folder, range(3))
     (folder / "notes.txt").write_text("not a frame")
     assert _watch(folder, model, out) == 0
-    assert (model / ERROR_MONITOR_FILE).is_file()  # fitted once, beside the members
+    assert FrameErrorMonitor.load(model / ERROR_MONITOR_FILE).image_size_px == 128  # fitted once, beside the members, on frames of their size
     frames = [line for line in _log(out) if line["event"] == "frame"]
     assert [line["file"] for line in frames] == [f"frame_{i:03d}.npy" for i in range(3)]
     for line in frames:
@@ -82,7 +82,8 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
     ensemble = tiny_ensemble(model, 2)
     # a 2-step ensemble reads every frame badly, so its limits set on source frames would not single out the shifted ones:
     # a monitor whose limit every frame exceeds stands in for a trained model's (its limits are tested in test_stream.py)
-    FrameErrorMonitor(entropy_limit_nats=0.5, estimate_limit=0.0, members=member_fingerprint(ensemble)).save(model / ERROR_MONITOR_FILE)
+    monitor = FrameErrorMonitor(entropy_limit_nats=0.5, estimate_limit=0.0, members=member_fingerprint(ensemble), image_size_px=128)
+    monitor.save(model / ERROR_MONITOR_FILE)
     shifted = MicroscopeStream(Scenario((Segment(200.0, jumps={"dose_e_per_A2": 3e3, "defocus_A": 60.0}),), seed=4, image_size_px=128))
     _drop(folder, range(4), shifted)
     options = ("--trigger-frames", "1", "--adapt-frames", "2", "--rounds", "1", "--iterations", "2", "--no-source")
@@ -94,7 +95,7 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
     assert swap["model"] == str(adapted) and swap["frames"] == ["frame_001.npy", "frame_002.npy"] and swap["previous_model"] == str(model)
     assert (adapted / "ensemble.json").is_file() and (adapted / ERROR_MONITOR_FILE).is_file()  # the adapted model has its own limits
     assert swap["members"] == member_fingerprint(ensemble.load(adapted)) != member_fingerprint(ensemble)
-    assert lines[-1]["file"] == "frame_003.npy" and lines[-1]["model"] == str(adapted) and lines[-1]["decision"] in ("use", "flag")
+    assert lines[-1]["file"] == "frame_003.npy" and lines[-1]["model"] == str(adapted) and lines[-1]["decision"] != "collect"
     assert all(line["model"] == str(model) for line in lines[1:4])  # frames before the swap were read by the old model
 
     assert _watch(folder, model, out, *options) == 0  # a restart goes on with the adapted model and redoes nothing
