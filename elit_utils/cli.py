@@ -1,4 +1,4 @@
-"""The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``adapt``, ``info``.
+"""The ``elit`` command line: ``reproduce``, ``simulate``, ``train``, ``predict``, ``adapt``, ``watch``, ``info``.
 
 Run ``elit --help`` or ``elit SUBCOMMAND --help``.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,8 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -980,6 +982,290 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- watch
+
+#: The decisions log of ``elit watch`` in its --out: one JSON object per line (a frame, a start, or a swap of models).
+WATCH_LOG_FILE = "decisions.jsonl"
+#: A file in the watched folder is read once its size and modification time have stayed the same for this long, s
+#: (a microscope may still be writing it).
+SETTLE_S = 1.0
+#: Fresh simulated source frames that fit a model's frame error monitor (of the watched frames' size) and an adapted model's
+#: shift detector (of the profile's size, as ``elit train`` fits it).
+MONITOR_FRAMES = 40
+#: Their seed: not the training frames' (seed 0), nor those of train's shift detector (4000).
+MONITOR_SEED = 4100
+
+
+@dataclass
+class _WatchState:
+    """Where a watch run stands, replayed from its log: the model in use, the trigger's run, frames collected to adapt on."""
+
+    model: Path
+    run: int = 0
+    collecting: list[str] | None = None
+    adaptations: int = 0
+    done: set[str] = dataclasses.field(default_factory=set)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds, at most an hour.
+
+    >>> _seconds("0.5")
+    0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise argparse.ArgumentTypeError(f"{text} s must be above 0 and at most 3600")
+    return value
+
+
+def _read_watch_log(path: Path) -> list[dict]:
+    """The lines of a watch log; a last line cut short (a run stopped while writing it) is removed, so its frame is redone."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    try:
+        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OutputConflictError(f"{_shown(path)} is not a watch decisions log ({_message(error)}); choose another --out.") from None
+
+
+def _append_line(path: Path, entry: dict) -> None:
+    """Append one JSON line in a single write, flushed to disk (a stop leaves whole lines, or a cut last line that is dropped on restart)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, allow_nan=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replay(lines: list[dict], model: Path, out: Path) -> _WatchState:
+    """The state a watch run reached, from its log; refuses a log of another model folder."""
+    started = next((line for line in lines if line.get("event") == "start"), None)
+    if started is not None and started["model"] != _shown(model.absolute()):
+        raise OutputConflictError(
+            f"{_shown(out)} holds a watch run of the model {started['model']}; rerun with --model {started['model']} to go on with it, or choose another --out."
+        )
+    state = _WatchState(model.absolute())
+    for line in lines:
+        if line.get("event") == "swap":
+            state.model, state.collecting, state.run, state.adaptations = Path(line["model"]), None, 0, state.adaptations + 1
+        elif line.get("event") == "frame":
+            if line["decision"] == "unreadable" or (out / f"{line['file']}.csv").is_file():
+                state.done.add(line["file"])
+            state.run = line.get("run_over_limit", 0)
+            if line["decision"] == "trigger":
+                state.collecting = []
+            elif line["decision"] == "collect" and state.collecting is not None:
+                state.collecting.append(line["file"])
+    return state
+
+
+def _ready_files(folder: Path, done: set[str], seen: dict[str, tuple[int, int]]) -> tuple[list[Path], bool]:
+    """Image files of ``folder`` not done yet whose size and time have settled (oldest first), and whether others are still settling."""
+    from .io import SUPPORTED_SUFFIXES
+
+    ready, waiting = [], False
+    now = time.time()
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        name = _shown(path.name)
+        if name in done or name.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES or not path.is_file():
+            continue
+        try:
+            status = path.stat()
+        except FileNotFoundError:  # moved away since the folder was listed
+            continue
+        key = (status.st_size, status.st_mtime_ns)
+        if seen.get(name) == key and now - status.st_mtime >= SETTLE_S:
+            ready.append((status.st_mtime_ns, name, path))
+        else:
+            seen[name], waiting = key, True
+    return [path for _, _, path in sorted(ready)], waiting
+
+
+def _watched_model(model: Path) -> tuple[Any, Any, Any]:
+    """The ensemble of ``model``, its shift detector and its trust regions (None where the folder has none)."""
+    from .ensemble import Ensemble
+
+    ensemble = Ensemble.load(model)
+    return ensemble, _shift_detector(model, ensemble), _trust_regions(model, ensemble)
+
+
+def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
+    """The model's frame error monitor for frames of this one's size (at the model's pixel size), fitted on as many
+    fresh source frames of that size, and saved beside the members, when it has none for that size."""
+    from .ood import ERROR_MONITOR_FILE, ensure_frame_error_monitor
+
+    height, width = frame.image.shape
+    side = max(MIN_SIDE_PX, round(math.sqrt(height * width) * frame.sampling_A_per_px / ensemble.sampling_A_per_px))
+    monitor, fitted = ensure_frame_error_monitor(ensemble, MONITOR_FRAMES, MONITOR_SEED, side)
+    if fitted:
+        _say(
+            f"Frame error monitor fitted on {MONITOR_FRAMES} fresh source frames of {side} px (flags {monitor.false_alarm_rate:.0%} of them: "
+            f"estimate over {monitor.estimate_limit:.3f}) -> {_shown(Path(ensemble.folder) / ERROR_MONITOR_FILE)}"
+        )
+    return monitor
+
+
+def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, state: _WatchState) -> dict:
+    """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (collect the next frames to adapt on) or collect."""
+    from .stream import Trigger
+
+    ensemble, detector, trust = model
+    entry = {"event": "frame", "file": _shown(path.name), "time": _now(), "model": _shown(state.model)}
+    try:
+        frame = _load_frames([path], args, ensemble.sampling_A_per_px)[0]
+    except (BadImageError, BadValueError) as error:
+        return {**entry, "decision": "unreadable", "error": _message(error), "run_over_limit": state.run}
+    monitor = _frame_monitor(ensemble, frame)
+    prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+    atoms, untrusted = _frame_atoms(prediction, args.threshold, trust)
+    if untrusted is not None:
+        _write_untrusted(out / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)
+    atoms.to_csv(out / f"{frame.name}.csv")
+    estimate = monitor.estimate(atoms.entropy)
+    over = monitor.flags(estimate)
+    shift = float(detector.score(features)[0]) if detector is not None else None
+    if state.collecting is not None:
+        decision = "collect"
+    else:
+        trigger = Trigger(args.trigger_frames, run=state.run)
+        decision = "trigger" if trigger.update(over) else "flag" if over else "use"
+        state.run = trigger.run
+    return {
+        **entry,
+        "n_atoms": len(atoms),
+        "shift_score": shift,
+        "shift_flag": None if detector is None else bool(shift > detector.limit),
+        "error_estimate": estimate,
+        "error_limit": monitor.estimate_limit,
+        "over_limit": over,
+        "run_over_limit": state.run,
+        "decision": decision,
+    }
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _WatchState, log: Path) -> tuple:
+    """Adapt the model in use to the collected frames (resuming rounds already on disk), fit its shift detector on
+    fresh source frames, log the swap, and return the adapted model (its frame error monitor is fitted at its first frame)."""
+    from .config import get_profile
+    from .ood import ensure_shift_detector, member_fingerprint
+
+    index = state.adaptations + 1
+    adapt_out = out.absolute() / "models" / f"adapt_{index:03d}"  # absolute, so that a restart from elsewhere finds it
+    record = _model_record(state.model)
+    frames = _load_frames([folder / name for name in state.collecting], args, float(record["sampling_A_per_px"]))
+    _say(f"Adapting {_shown(state.model)} to {len(frames)} frames into {_shown(adapt_out)}/ (frames wait meanwhile)")
+    started = time.perf_counter()
+    result = _run_adapt(frames, state.model, adapt_out, args)
+    adapted = adapt_out / f"round_{result.history[-1]['round']}"
+    ensure_shift_detector(result.ensemble, MONITOR_FRAMES, MONITOR_SEED, get_profile().image_size_px)  # as elit train fits it
+    model = _watched_model(adapted)
+    seconds = time.perf_counter() - started
+    swap = {"event": "swap", "time": _now(), "model": _shown(adapted), "previous_model": _shown(state.model), "frames": list(state.collecting)}
+    _append_line(log, {**swap, "members": member_fingerprint(model[0]), "seconds": round(seconds, 2)})
+    _say(f"Swapped in the adapted model {_shown(adapted)} ({seconds:.0f} s)")
+    state.model, state.collecting, state.run, state.adaptations = adapted, None, 0, index
+    return model
+
+
+def _watch(args: argparse.Namespace) -> int:
+    folder, out, model = Path(args.folder), Path(args.out), Path(args.model)
+    if not folder.is_dir():
+        raise BadValueError(f"{_shown(folder)} is not a folder: elit watch watches a folder that frames are written into.")
+    _check_out_folder(out)
+    if out.absolute() == folder.absolute():
+        raise OutputConflictError(f"--out {_shown(out)} is the watched folder; choose another folder for the atoms and the log.")
+    record = _model_record(model)
+    if _model_classes(record) != 1:
+        raise BadValueError(f"{_shown(model)} is a two-class model; elit watch adapts, which needs a one-class model: pass --model of one.")
+    out.mkdir(parents=True, exist_ok=True)
+    with _only_watcher(out):
+        return _watch_folder(args, folder, out, model)
+
+
+@contextlib.contextmanager
+def _only_watcher(out: Path) -> Iterator[None]:
+    """Hold a lock on ``out`` while watching, so that a second ``elit watch`` into it is refused (no lock where the OS has no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(out / ".watch.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputConflictError(f"another elit watch is writing into {_shown(out)}; stop it first, or choose another --out.") from None
+        yield
+
+
+def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path) -> int:
+    """The watch loop: replay the log, then process settled frames one at a time, adapting when the trigger has collected enough."""
+    import signal
+
+    log = out / WATCH_LOG_FILE
+    state = _replay(_read_watch_log(log), model, out)
+    if state.done:
+        _say(f"Resuming: {len(state.done)} frames already in {_shown(log)}; model in use {_shown(state.model)}")
+    options = {"trigger_frames": args.trigger_frames, "adapt_frames": args.adapt_frames, "threshold": args.threshold}
+    _append_line(log, {"event": "start", "time": _now(), "model": _shown(model.absolute()), "model_in_use": _shown(state.model), "options": options})
+    in_use = _watched_model(state.model)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        while True:
+            if state.collecting is not None and len(state.collecting) >= args.adapt_frames:
+                in_use = _adapt_and_swap(args, folder, out, state, log)
+            ready, waiting = _ready_files(folder, state.done, seen)
+            if ready:  # one frame at a time, so that an adaptation happens right after the frame that completes it
+                entry = _watch_frame(ready[0], args, out, in_use, state)
+                _append_line(log, entry)
+                state.done.add(entry["file"])
+                if entry["decision"] == "trigger":
+                    state.collecting = []
+                elif entry["decision"] == "collect":
+                    state.collecting.append(entry["file"])
+                _say(_watch_line(entry))
+            if args.once and not ready and not waiting and not (state.collecting is not None and len(state.collecting) >= args.adapt_frames):
+                break
+            if not ready:
+                time.sleep(min(args.poll_s, SETTLE_S) if waiting else args.poll_s)
+    except KeyboardInterrupt:
+        _say(f"stopped: every frame in {_shown(log)} is done (its atoms are in {_shown(out)}/); rerun the same command to go on.", error=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _say(f"Done: {len(state.done)} frames in {_shown(log)}; model in use {_shown(state.model)}")
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops ``elit watch`` as Ctrl-C does: between writes, so that a restart goes on where it stopped."""
+    raise KeyboardInterrupt
+
+
+def _watch_line(entry: dict) -> str:
+    """One line of output for a frame of ``elit watch``."""
+    if entry["decision"] == "unreadable":
+        return f"{entry['file']}: skipped, {entry['error']}"
+    shift = "" if entry["shift_score"] is None else f", shift score {entry['shift_score']:.1f}{' (flagged)' if entry['shift_flag'] else ''}"
+    estimate = f"error estimate {entry['error_estimate']:.3f} (limit {entry['error_limit']:.3f})"
+    return f"{entry['file']}: {entry['n_atoms']} atoms, {estimate}{shift}: {entry['decision']}"
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -1104,6 +1390,28 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", required=True, help="output folder: round_K/ ensembles, history.json/.csv, atoms/; an interrupted run resumes")
     adapt.add_argument("--overwrite", action="store_true", help="replace atom tables already in --out/atoms (never an input)")
     adapt.set_defaults(handler=_adapt)
+
+    watch = commands.add_parser(
+        "watch",
+        help="process frames as they appear in a folder: atoms per frame, a decisions log, and adapting when the frames' atoms stay doubtful",
+        description="Process image files as a microscope writes them into FOLDER (each once its size has settled): NAME.csv per frame "
+        f"(as elit predict writes it) and one line per frame in {WATCH_LOG_FILE} (atoms, shift score, error estimate, trigger, decision). "
+        "When --trigger-frames frames in a row have an error estimate over the limit set on source frames, the next --adapt-frames "
+        "frames are collected (and read with the model in use), the model is adapted to them into --out/models/, and the adapted model "
+        "is swapped in (frames wait while it adapts). Stop it with Ctrl-C or SIGTERM; the same command goes on where it stopped.",
+    )
+    watch.add_argument("folder", help="the folder frames appear in (.npy .tif .png .h5 .dm3 .dm4 .emd; others are ignored)")
+    _add_frame_options(watch, "frame")
+    watch.add_argument("--out", required=True, help=f"output folder: NAME.csv per frame, {WATCH_LOG_FILE}, models/ (adapted ensembles)")
+    watch.add_argument("--poll-s", type=_seconds, default=2.0, help="seconds between looks at the folder (default: 2)")
+    watch.add_argument("--once", action="store_true", help="process the frames there now and exit")
+    watch.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
+    watch.add_argument("--trigger-frames", type=_whole(1, 1000), default=3, help="flagged frames in a row that trigger adapting (default: 3)")
+    watch.add_argument("--adapt-frames", type=_whole(1, 1000), default=8, help="frames collected after a trigger to adapt on (default: 8)")
+    watch.add_argument("--rounds", type=_whole(1, MAX_ROUNDS), default=2, help="rounds of each adaptation (default: 2)")
+    watch.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=50, help="fine-tuning steps per member and round (default: 50)")
+    watch.add_argument("--no-source", action="store_true", help="do not mix simulated source frames into fine-tuning")
+    watch.set_defaults(handler=_watch)
 
     info = commands.add_parser("info", help="show the profile, cache and results folders, domains and versions")
     info.set_defaults(handler=_info)

@@ -11,7 +11,10 @@ the uncertainty, and whether that uncertainty flags the errors:
   fraction is kept;
 * a frame's *shift score* (:class:`ShiftDetector`: its distance from source frames in the
   members' feature space), which an automated microscope can threshold to decide "this frame
-  is out of distribution"; its mean mutual information is the alternative.
+  is out of distribution"; its mean mutual information is the alternative;
+* a frame's *error estimate* (:class:`FrameErrorMonitor`: the share of its atoms more uncertain
+  than almost any source atom), which says "this frame's atoms are doubtful" rather than
+  "this frame is different".
 
 :func:`cached_sweeps` runs (or reads back from the cache) the sweeps of notebooks 03 and 04,
 and :func:`sweep_table` shows them as a table.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SHIFT_DETECTOR_FILE
+from .config import ERROR_MONITOR_FILE, SHIFT_DETECTOR_FILE
 from .errors import BadModelFolderError, BadValueError
 from .locate import find_atoms, locate_atoms
 from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pool_scores, pooled_scores
@@ -927,7 +930,7 @@ def frame_error_estimates(points: list[SweepPoint], quantile: float = UNCERTAIN_
     shares, errors, distances, mean_mi = [], [], [], []
     for p in points:
         per_frame = np.split(p.atom_entropy, np.cumsum(p.ensemble_counts[:, 1])[:-1])
-        shares += [float((entropy > limit).mean()) if len(entropy) else 1.0 for entropy in per_frame]
+        shares += [uncertain_atom_share(entropy, limit) for entropy in per_frame]
         errors += list(1 - _pooled_f1(p.ensemble_counts[:, None, :]))
         distances += list(p.frame_shift_scores)
         mean_mi += list(p.frame_mutual_information)
@@ -950,6 +953,162 @@ def frame_error_estimates(points: list[SweepPoint], quantile: float = UNCERTAIN_
         },
         "frames": len(errors),
     }
+
+
+# --------------------------------------------------------------------------- frame error monitor
+
+
+def uncertain_atom_share(atom_entropy: np.ndarray, entropy_limit_nats: float) -> float:
+    """A frame's label-free error estimate: the share of its atoms whose entropy exceeds the limit (1 with no atom found).
+
+    >>> uncertain_atom_share(np.array([0.1, 0.2, 0.5, 0.6]), 0.3), uncertain_atom_share(np.zeros(0), 0.3)
+    (0.5, 1.0)
+    """
+    entropy = np.asarray(atom_entropy, float)
+    return float((entropy > entropy_limit_nats).mean()) if len(entropy) else 1.0
+
+
+#: The fewest fresh source frames a :class:`FrameErrorMonitor` is fitted on (half set the atoms' limit, half the frames').
+MIN_MONITOR_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class FrameErrorMonitor:
+    """Is a frame's reading likely *wrong*? Its uncertain-atom share against a limit set on source frames.
+
+    The shift detector says a frame is *different*; this says its atoms are doubtful, which is
+    what an automated experiment should act on (a finer pixel size looks different and reads
+    correctly). The estimate (:meth:`estimate`) is :func:`uncertain_atom_share` with the entropy
+    limit of :func:`frame_error_estimates`, the ``quantile`` of source atoms' entropies; frames
+    with as many uncertain atoms are told apart by their atoms' mean entropy (which moves the
+    estimate by less than one atom's share), so that the estimate is continuous and a limit can
+    flag a stated share of frames (counts alone tie, and a limit on them flags fewer frames than
+    stated). Both limits come from fresh source frames, no labels needed: the entropy limit from
+    one half of them, the frame limit (the ``1 - false_alarm_rate`` quantile of the estimates)
+    from the other half, so that it is not set on the very atoms that set the entropy limit; a
+    fresh source frame is then flagged with probability ``false_alarm_rate``.
+
+    ``members``: the members it was fitted on (seed -> weights sha256, :func:`member_fingerprint`);
+    loading it beside other members is refused, as for the shift detector and trust regions.
+    ``image_size_px``: the side of the source frames it was fitted on. Fit it on frames of the size
+    it will judge: a smaller frame has a larger share of its atoms at the edges and fewer atoms,
+    so its estimate is higher and spreads wider (on the smoke ensemble, the limit set on 128 px
+    frames was ten times that set on 256 px frames).
+
+    >>> monitor = FrameErrorMonitor(entropy_limit_nats=0.3, estimate_limit=0.1)
+    >>> estimate = monitor.estimate(np.array([0.1, 0.2, 0.5, 0.6]))
+    >>> round(estimate, 3), monitor.flags(estimate)
+    (0.501, True)
+    """
+
+    entropy_limit_nats: float
+    estimate_limit: float
+    false_alarm_rate: float = FALSE_ALARM_RATE
+    quantile: float = UNCERTAIN_ATOM_QUANTILE
+    n_source_frames: int | None = None
+    members: dict[str, str] | None = None
+    image_size_px: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.entropy_limit_nats) and 0 <= self.entropy_limit_nats <= np.log(2)):
+            raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (a binary entropy), got {self.entropy_limit_nats}")
+        if not (np.isfinite(self.estimate_limit) and 0 <= self.estimate_limit <= 1):
+            raise BadValueError(f"estimate_limit is a share of a frame's atoms, in [0, 1], got {self.estimate_limit}")
+        for name in ("false_alarm_rate", "quantile"):
+            if not 0 < getattr(self, name) < 1:
+                raise BadValueError(f"{name} must lie strictly between 0 and 1, got {getattr(self, name)}")
+
+    def estimate(self, atom_entropy: np.ndarray) -> float:
+        """The frame's error estimate from its atoms' entropies (nats; :attr:`AtomTable.entropy <elit_utils.locate.AtomTable.entropy>`), in [0, 1].
+
+        ``(uncertain atoms + mean entropy / ln 2) / (atoms + 1)``: the uncertain-atom share, ties
+        broken by the mean entropy; 1 when no atom is found.
+        """
+        entropy = np.asarray(atom_entropy, float)
+        if len(entropy) == 0:
+            return 1.0
+        return float(((entropy > self.entropy_limit_nats).sum() + entropy.mean() / np.log(2)) / (len(entropy) + 1))
+
+    def flags(self, estimate: float) -> bool:
+        """True when the estimate exceeds the limit: the frame's atoms are doubtful."""
+        return bool(estimate > self.estimate_limit)
+
+    @classmethod
+    def fit(cls, frame_entropies: list[np.ndarray], false_alarm_rate: float = FALSE_ALARM_RATE, quantile: float = UNCERTAIN_ATOM_QUANTILE) -> FrameErrorMonitor:
+        """Fit on fresh source frames, each given as its atoms' entropies (nats); even frames set the entropy limit, odd ones the frame limit.
+
+        >>> rng = np.random.default_rng(0)
+        >>> monitor = FrameErrorMonitor.fit([rng.uniform(0, 0.2, 200) for _ in range(400)], false_alarm_rate=0.1)
+        >>> fresh = [monitor.flags(monitor.estimate(rng.uniform(0, 0.2, 200))) for _ in range(400)]
+        >>> round(monitor.entropy_limit_nats, 2), float(np.mean(fresh))
+        (0.2, 0.0775)
+        """
+        frames = [np.asarray(e, float).ravel() for e in frame_entropies]
+        if len(frames) < MIN_MONITOR_FRAMES:
+            raise BadValueError(f"FrameErrorMonitor.fit needs at least {MIN_MONITOR_FRAMES} source frames (half set each limit), got {len(frames)}")
+        if not 0 < false_alarm_rate < 1:
+            raise BadValueError(f"false_alarm_rate must lie strictly between 0 and 1, got {false_alarm_rate}")
+        atoms = np.concatenate(frames[0::2])
+        if len(atoms) == 0 or not np.isfinite(atoms).all():
+            raise BadValueError("the source frames hold no atoms with a finite entropy: is the ensemble trained on them?")
+        limited = cls(float(np.quantile(atoms, quantile)), 1.0, false_alarm_rate, quantile, len(frames))
+        estimates = [limited.estimate(e) for e in frames[1::2]]
+        return dataclasses.replace(limited, estimate_limit=float(np.quantile(estimates, 1 - false_alarm_rate)))
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON (atomically), e.g. beside the ensemble it belongs to."""
+        from .cache import write_json_atomic
+
+        write_json_atomic(path, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path, ensemble: object | None = None) -> FrameErrorMonitor:
+        """Read what :meth:`save` wrote; with ``ensemble``, refuse one fitted on other members (stale).
+
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / ERROR_MONITOR_FILE
+        >>> FrameErrorMonitor(0.3, 0.05, members={"0": "ab"}).save(path)
+        >>> FrameErrorMonitor.load(path).estimate_limit
+        0.05
+        """
+        import json
+
+        path = Path(path)
+        try:
+            monitor = cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as error:
+            raise BadModelFolderError(
+                f"{path} is not a frame error monitor written by ELIT Lab ({str(error).splitlines()[0][:100]}); delete it, and it is refitted when next needed."
+            ) from error
+        if ensemble is not None and monitor.members is not None:
+            _check_members(monitor.members, member_fingerprint(ensemble), path)
+        return monitor
+
+
+def fit_frame_error_monitor(
+    ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
+) -> FrameErrorMonitor:
+    """A :class:`FrameErrorMonitor` fitted on ``n_images`` fresh simulated frames of the training ``domain``, recording the members."""
+    data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
+    sampling = data.conditions.sampling_A_per_px
+    entropies = [locate_atoms(ensemble.predict(image, sampling_A_per_px=sampling)).entropy for image in data.images]
+    return dataclasses.replace(FrameErrorMonitor.fit(entropies, false_alarm_rate), members=member_fingerprint(ensemble), image_size_px=int(image_size_px))
+
+
+def ensure_frame_error_monitor(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> tuple[FrameErrorMonitor, bool]:
+    """The frame error monitor of ``ensemble``'s folder, refitted (and saved) when missing, unreadable, stale or
+    fitted on frames of another size than ``image_size_px``; returns it and whether it was (re)fitted."""
+    path = Path(ensemble.folder) / ERROR_MONITOR_FILE
+    if path.exists():
+        try:
+            monitor = FrameErrorMonitor.load(path, ensemble)
+            if monitor.image_size_px == image_size_px:
+                return monitor, False
+        except BadModelFolderError:
+            pass  # unreadable or stale: fitted afresh below
+    monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain)
+    monitor.save(path)
+    return monitor, True
 
 
 def summarise(points: list[SweepPoint]) -> dict:

@@ -14,11 +14,11 @@ from elit_utils.cli import build_parser, main
 
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "elit_utils.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("reproduce", "simulate", "train", "predict", "adapt", "info"):
+    for command in ("reproduce", "simulate", "train", "predict", "adapt", "watch", "info"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["reproduce", "simulate", "train", "predict", "adapt", "info"])
+@pytest.mark.parametrize("command", ["reproduce", "simulate", "train", "predict", "adapt", "watch", "info"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
