@@ -59,6 +59,9 @@ UNTRUSTED_SUFFIX = "_untrusted.png"
 FRAMES_FILE = "frames.csv"
 #: The record of a ``predict --scheduler`` run in its --out: model, options, frames, and the frames done (resumable).
 PREDICT_RUN_FILE = "predict_run.json"
+#: A hidden folder in that --out where each worker leaves a finished frame's row of the summary (NAME.row), after its
+#: outputs: a rerun then knows every frame finished, even one whose result had not reached ``elit predict`` when it stopped.
+PREDICT_ROWS_FOLDER = ".predict_rows"
 
 
 # --------------------------------------------------------------------------- messages
@@ -792,8 +795,8 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     """``predict --scheduler``: each frame is a Dask task that reads its file, finds its atoms and writes its
     outputs into --out as soon as it is done (workers load the model once); the summary comes at the end. Frames
     are checked here first (and read again on the workers), so a bad file stops the run before any work. A run
-    record (:data:`PREDICT_RUN_FILE`) makes a stopped run resumable: the same command finishes the frames not yet
-    written; another model, options or list of frames into it is refused."""
+    record (:data:`PREDICT_RUN_FILE`, and the rows of :data:`PREDICT_ROWS_FOLDER`) makes a stopped run resumable: the
+    same command finishes the frames not yet written; another model, options or list of frames into it is refused."""
     from .cache import atomic_path, write_json_atomic
     from .distributed import parse_scheduler
     from .ensemble import Ensemble
@@ -834,6 +837,7 @@ def _predict_on_workers(args: argparse.Namespace, paths: list[Path], out: Path, 
     rows = [SUMMARY_HEADER] + [run["done"][name] for name in planned["frames"]]
     with atomic_path(out / FRAMES_FILE) as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    shutil.rmtree(out / PREDICT_ROWS_FOLDER, ignore_errors=True)  # every row is in the record and the summary now
     masks = f", NAME{UNTRUSTED_SUFFIX}" if _has_trust_regions(model) else ""
     _say(f"Wrote {len(paths)} frames to {_shown(out)}/: per image NAME.csv (atoms) and NAME.png (plot){masks}, and {FRAMES_FILE}")
     return 0
@@ -848,6 +852,7 @@ def _predict_file_task(
 ) -> tuple[str, str]:
     """On a Dask worker: read one checked frame's file and :func:`_predict_frame` it into ``out``. The model folder's
     ensemble, shift detector and trust regions are loaded once per worker (the members checked against ``members``)."""
+    from .cache import atomic_path
     from .ensemble import ensemble_on_worker, torch_on_worker
     from .io import load_image
     from .ood import SHIFT_DETECTOR_FILE, ShiftDetector
@@ -861,15 +866,20 @@ def _predict_file_task(
             _MODEL_ON_WORKER.clear()
             _MODEL_ON_WORKER[key] = (ensemble, detector, _trust_regions_or_none(model, ensemble))
         ensemble, detector, trust = _MODEL_ON_WORKER[key]
-        return _predict_frame(out, _Frame(frame.path, frame.name, image, frame.sampling_A_per_px), ensemble, detector, threshold, trust)
+        row, line = _predict_frame(out, _Frame(frame.path, frame.name, image, frame.sampling_A_per_px), ensemble, detector, threshold, trust)
+    with atomic_path(out / PREDICT_ROWS_FOLDER / f"{frame.name}.row") as tmp:
+        tmp.write_text(row, encoding="utf-8")
+    return row, line
 
 
 def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Path], overwrite: bool) -> dict:
     """The run record to go on with: a fresh one (checking, as without --scheduler, that no output exists unless
-    --overwrite), or the record in ``out`` of this same run, whose frames done and still present are kept."""
+    --overwrite), or the record in ``out`` of this same run, whose frames done (recorded, or left in
+    :data:`PREDICT_ROWS_FOLDER` by a worker) and still present are kept."""
     path = out / PREDICT_RUN_FILE
     if overwrite or not path.exists():
         _check_targets(targets, inputs, overwrite)
+        shutil.rmtree(out / PREDICT_ROWS_FOLDER, ignore_errors=True)  # rows of an earlier run are not this run's
         return {**planned, "done": {}}
     _check_targets(targets, inputs, overwrite=True)  # outputs never replace inputs, even when resuming
     try:
@@ -884,6 +894,9 @@ def _resumed_run(out: Path, planned: dict, targets: list[Path], inputs: list[Pat
             f"{_shown(out)} holds a predict run of {', '.join(what[key] for key in differs)} ({_shown(path)}); rerun it with the same model, "
             "options and frames to finish it, choose another --out, or pass --overwrite to start again there."
         )
+    rows = out / PREDICT_ROWS_FOLDER
+    left = {row.name.removesuffix(".row"): row for row in rows.glob("*.row")} if rows.is_dir() else {}
+    done |= {name: row.read_text(encoding="utf-8") for name, row in left.items() if name in planned["frames"] and name not in done}
     kept = {name: line for name, line in done.items() if (out / f"{name}.csv").is_file()}
     return {**planned, "done": kept}
 
