@@ -2,8 +2,8 @@
 
 Training (:func:`~elit_utils.ensemble.train_ensemble`) and prediction
 (:meth:`~elit_utils.ensemble.Ensemble.predict_many`) take a ``client``: members and chunks of frames
-become Dask tasks. Dask is an optional dependency (``pip install "elit-lab[distributed]"``),
-imported only when a client is made, so that the package imports without it (as in Colab).
+become Dask tasks. Dask is installed with ELIT Lab but imported only when a client is made, so
+that ``import elit_utils`` stays fast and works where Dask was left out.
 ``docs/clusters.md`` shows how to run the same code on SLURM, PBS and Kubernetes.
 
 Example

@@ -198,8 +198,8 @@ SECTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("target_domain", "f1_per_round", "uncertainty_per_round", "final_f1_uncertainty_masked", "final_f1_paper_threshold", "final_f1_single_network"),
     ),
     "uncertainty": ("06", "Seeing uncertainty", ("atom_entropy_limit_nats", "kept_precision_on_fresh_frames", "kept_fraction_on_fresh_frames")),
-    "classes": ("06", "Is it carbon or silicon?", ("si_f1", "c_f1", "median_si_probability_of_true")),
     "clutter": ("07", "Clutter and trust", ("precision_inside_clutter", "precision_outside_clutter", "study_findings")),
+    "distributed": ("08", "Many machines", ("same_weights", "largest_probability_difference")),
 }
 
 
