@@ -15,6 +15,14 @@ any frame can be made without the frames before it.
 :class:`~elit_utils.ood.FrameErrorMonitor` above its limit) into a decision: it fires when
 ``run_frames`` frames in a row are flagged, so that one odd frame does not set off an adaptation.
 
+Policies decide on each frame what to do with the model: :class:`StaticPolicy` (never change it),
+:class:`AlwaysRetrainPolicy` (adapt on every block of frames: the compute upper bound) and
+:class:`TriggeredPolicy` (ELIT: adapt when the :class:`Trigger` fires on the frame error monitor's
+flags). :func:`run_policy` plays a stream through one of them, showing it only what a microscope has
+(:class:`FrameReading`: no truth), adapting when it asks and swapping the adapted model in when the
+adaptation would be done in stream time (simulated concurrency on one CPU), and scoring each frame
+against its hidden truth afterwards; :func:`summarise_policies` compares their logs.
+
 Example
 -------
 >>> scenario = Scenario((Segment(60.0, name="good"), Segment(60.0, creeps={"defocus_A": 40.0}, name="creep")), frame_interval_s=20.0, image_size_px=64)
@@ -635,7 +643,8 @@ def run_policy(
 
     Log line: ``frame``, ``time_s``, ``segment``, ``drifted`` (the scenario's, for scoring), ``policy``,
     ``model`` (:data:`SOURCE_MODEL` or ``adapt_k``), ``decision``, ``n_atoms``, ``error_estimate``,
-    ``error_flag``, ``shift_score``, ``shift_flag``, ``f1``, ``precision``, ``recall``,
+    ``error_flag``, ``shift_score``, ``shift_flag``, ``adapt_on_frames`` (the frames an adaptation starting
+    now adapts on; empty: none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
     ``trusted_share`` and ``trusted_precision`` (only with trust regions), and cumulative
     adaptation compute: ``compute_s``, ``member_iterations``, ``adaptations`` (reading a frame costs
     every policy the same and is not counted).
@@ -674,6 +683,7 @@ def run_policy(
         shift_flag = None if shift is None else bool(shift > in_use.detector.limit)
         reading = FrameReading(frame.index, frame.time_s, frame.image, frame.sampling_A_per_px, atoms, shift, shift_flag, bool(pending), swapped)
         decision = policy.decide(reading)
+        ready_s = None
         if decision.action not in DECISIONS:
             raise BadValueError(f"{policy.name} decided {decision.action!r} on frame {index}; a decision is one of {', '.join(DECISIONS)}")
         if decision.adapt_on:
@@ -695,6 +705,7 @@ def run_policy(
             begins = max(frame.time_s, pending[-1][0] if pending else frame.time_s)
             latest = _model(name, result.ensemble)
             pending.append((begins + seconds, latest))
+            ready_s = begins + seconds
         segment = stream.scenario.segments[stream.scenario.segment_at(frame.time_s)]
         line = {
             "frame": frame.index,
@@ -709,6 +720,8 @@ def run_policy(
             "error_flag": decision.error_flag,
             "shift_score": shift,
             "shift_flag": shift_flag,
+            "adapt_on_frames": [r.index for r in decision.adapt_on],
+            "adaptation_ready_s": ready_s,
         }
         line.update(_scored(frame, atoms, in_use.trust, prediction))  # scored after the decision, never shown to it
         line.update({"compute_s": spent_s, "member_iterations": member_iterations, "adaptations": adaptations})

@@ -114,6 +114,7 @@ def test_triggered_adapts_only_after_a_run_of_flagged_frames_and_never_where_und
     first_run_ends = next(k for k in range(RUN_FRAMES - 1, len(flags)) if all(flags[k - RUN_FRAMES + 1 : k + 1]))
     assert first == first_run_ends
     assert [line["decision"] for line in log[first + 1 : first + 1 + ADAPT_FRAMES]] == ["collect"] * ADAPT_FRAMES
+    assert log[first + ADAPT_FRAMES]["adapt_on_frames"] == [line["frame"] for line in log[first + 1 : first + 1 + ADAPT_FRAMES]]
     assert {line["model"] for line in log[: first + 1 + ADAPT_FRAMES]} == {SOURCE_MODEL}
     if first + 1 + ADAPT_FRAMES < len(log):
         assert log[first + 1 + ADAPT_FRAMES]["model"] == "adapt_001"
@@ -128,6 +129,7 @@ def test_frames_taken_while_adapting_are_read_by_the_old_model(model, tmp_path):
     log = run_policy(MicroscopeStream(quick), ensemble, TriggeredPolicy(every_frame_flagged, Trigger(1), 2), ADAPT, out_dir=tmp_path / "out")
     assert [line["decision"] for line in log] == ["trigger", "collect", "collect"] + ["adapting"] * (len(log) - 3)
     assert {line["model"] for line in log} == {SOURCE_MODEL} and [line["adaptations"] for line in log[1:4]] == [0, 1, 1]
+    assert log[2]["adapt_on_frames"] == [1, 2] and log[2]["adaptation_ready_s"] > log[-1]["time_s"]
     assert sorted(p.name for p in ensemble.folder.iterdir()) == model_files and (tmp_path / "out" / "adapt_001" / "round_1").is_dir()
 
 
