@@ -514,6 +514,29 @@ class AlwaysRetrainPolicy(Policy):
         return Decision("swap" if reading.swapped_in else "collect", estimate, flag, adapt_on)
 
 
+def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False) -> str:
+    """The ELIT-triggered rule for one frame, in one place (:class:`TriggeredPolicy` and ``elit watch``):
+    "adapting" while an adaptation runs (the trigger waits); "collect" while frames are being collected;
+    else "trigger" when ``trigger`` fires on this frame's flag, "swap" on the first frame of a newly
+    adapted model (whose trigger count starts again), "flag" or "use".
+
+    >>> trigger = Trigger(run_frames=2)
+    >>> [triggered_decision(flag, trigger, collecting=False) for flag in (True, False, True, True)]
+    ['flag', 'use', 'flag', 'trigger']
+    >>> triggered_decision(True, trigger, collecting=True), triggered_decision(True, trigger, collecting=False, adapting=True)
+    ('collect', 'adapting')
+    """
+    if adapting:
+        return "adapting"
+    if swapped_in:
+        trigger.run = 0
+    if collecting:
+        return "collect"
+    if trigger.update(flagged):
+        return "trigger"
+    return "swap" if swapped_in else "flag" if flagged else "use"
+
+
 class TriggeredPolicy(Policy):
     """ELIT-triggered: the monitor flags frames; when ``trigger`` fires (its run of flagged frames), the next
     ``adapt_frames`` frames are collected and handed over to adapt on; the adapted model is swapped in when ready.
@@ -549,20 +572,15 @@ class TriggeredPolicy(Policy):
 
     def decide(self, reading: FrameReading) -> Decision:
         estimate, flag = self.assess(reading)
-        if reading.adapting:
-            return Decision("adapting", estimate, flag)
-        if reading.swapped_in:
-            self.trigger.run = 0
-        if self.collected is not None:
+        action = triggered_decision(flag, self.trigger, self.collected is not None, reading.adapting, reading.swapped_in)
+        adapt_on: tuple[FrameReading, ...] = ()
+        if action == "trigger":
+            self.collected = []
+        elif action == "collect":
             self.collected.append(reading)
-            adapt_on: tuple[FrameReading, ...] = ()
             if len(self.collected) == self.adapt_frames:
                 adapt_on, self.collected = tuple(self.collected), None
-            return Decision("collect", estimate, flag, adapt_on)
-        if self.trigger.update(flag):
-            self.collected = []
-            return Decision("trigger", estimate, flag)
-        return Decision("swap" if reading.swapped_in else "flag" if flag else "use", estimate, flag)
+        return Decision(action, estimate, flag, adapt_on)
 
 
 @dataclass
