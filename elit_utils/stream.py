@@ -15,6 +15,14 @@ any frame can be made without the frames before it.
 :class:`~elit_utils.ood.FrameErrorMonitor` above its limit) into a decision: it fires when
 ``run_frames`` frames in a row are flagged, so that one odd frame does not set off an adaptation.
 
+Policies decide on each frame what to do with the model: :class:`StaticPolicy` (never change it),
+:class:`AlwaysRetrainPolicy` (adapt on every block of frames: the compute upper bound) and
+:class:`TriggeredPolicy` (ELIT: adapt when the :class:`Trigger` fires on the frame error monitor's
+flags). :func:`run_policy` plays a stream through one of them, showing it only what a microscope has
+(:class:`FrameReading`: no truth), adapting when it asks and swapping the adapted model in when the
+adaptation would be done in stream time (simulated concurrency on one CPU), and scoring each frame
+against its hidden truth afterwards; :func:`summarise_policies` compares their logs.
+
 Example
 -------
 >>> scenario = Scenario((Segment(60.0, name="good"), Segment(60.0, creeps={"defocus_A": 40.0}, name="creep")), frame_interval_s=20.0, image_size_px=64)
@@ -26,6 +34,7 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +61,10 @@ class Segment:
     creeps: field -> value reached at the segment's end, moving linearly from the value in force
         when the segment starts (numbers, or tuples of numbers, only).
     name: a short label for tables and figures.
+    drifted: whether the source ensemble should be expected to misread this stretch. False marks a
+        stretch it should read correctly (source conditions, or a change it is built to handle, such
+        as a finer pixel size): a policy that adapts there raised a false alarm
+        (:func:`summarise_policies` counts them). For scoring only: policies never see it.
 
     >>> Segment(120.0, creeps={"defocus_A": 50.0}, name="defocus creep").creeps
     {'defocus_A': 50.0}
@@ -61,6 +74,7 @@ class Segment:
     jumps: Mapping[str, object] = field(default_factory=dict)
     creeps: Mapping[str, object] = field(default_factory=dict)
     name: str = ""
+    drifted: bool = True
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,8 @@ def _checked_segment(index: int, segment: Segment, state: tuple[ImagingCondition
         raise BadValueError(f"{where}: is a {type(segment).__name__}, not a Segment")
     if not (_is_number(segment.duration_s) and segment.duration_s > 0):
         raise BadValueError(f"{where}: duration_s must be a positive number of seconds, got {segment.duration_s!r}")
+    if not isinstance(segment.drifted, bool):
+        raise BadValueError(f"{where}: drifted must be True or False, got {segment.drifted!r}")
     both = set(segment.jumps) & set(segment.creeps)
     if both:
         raise BadValueError(f"{where}: {', '.join(sorted(both))} both jumps and creeps; a field does one or the other in a segment")
@@ -230,7 +246,7 @@ def _checked_segment(index: int, segment: Segment, state: tuple[ImagingCondition
 #: meets, with the operator (or the microscope's own software) correcting the previous one.
 DEFAULT_SCENARIO = Scenario(
     (
-        Segment(120.0, name="good conditions"),
+        Segment(120.0, name="good conditions", drifted=False),
         Segment(240.0, creeps={"defocus_A": 50.0}, name="defocus creep"),
         Segment(180.0, jumps={"defocus_A": 0.0, "dose_e_per_A2": 3e4}, name="dose drop"),
         Segment(240.0, jumps={"dose_e_per_A2": 3e5}, creeps={"contamination_coverage": 0.4, "background_fraction": 1.0}, name="contamination builds up"),
@@ -260,8 +276,9 @@ DEFAULT_SCENARIO = Scenario(
                 "sampling_A_per_px": 0.06,
             },
             name="finer pixels (read correctly)",
+            drifted=False,
         ),
-        Segment(120.0, jumps={"sampling_A_per_px": 0.1}, name="good conditions again"),
+        Segment(120.0, jumps={"sampling_A_per_px": 0.1}, name="good conditions again", drifted=False),
     ),
     frame_interval_s=20.0,
     seed=0,
@@ -363,3 +380,439 @@ class Trigger:
             self.run = 0
             return True
         return False
+
+
+# --------------------------------------------------------------------------- policies
+
+#: Frames where the static ensemble scores an F1 below this, in drifted stretches, are those a policy must rescue.
+STATIC_FAILS_BELOW_F1 = 0.85
+
+#: What a policy decides on a frame: read it with the model in use (use), read it but mark it doubtful (flag),
+#: start collecting frames to adapt on (trigger), keep it to adapt on (collect), read it with the old model while
+#: an adaptation runs (adapting), or read it with a newly swapped-in model (swap).
+DECISIONS = ("use", "flag", "trigger", "collect", "adapting", "swap")
+
+#: The name of the model a run starts with, in the logs (adapted models are named after their folder in ``out_dir``).
+SOURCE_MODEL = "source"
+
+
+@dataclass(frozen=True)
+class FrameReading:
+    """What a microscope has of one frame once the model in use has read it: all that a policy sees.
+
+    The true atoms are not here (nor the scenario's segment): a policy cannot use them, even by mistake.
+
+    Attributes
+    ----------
+    index, time_s: the frame's number and when it was taken (s).
+    image: (H, W) detector output; sampling_A_per_px: its pixel size.
+    atoms: the atoms the model in use found, with their uncertainties (:class:`~elit_utils.locate.AtomTable`).
+    shift_score, shift_flag: the model's shift detector's score and whether it is over its limit (None without one).
+    adapting: an adaptation this policy asked for is still running.
+    swapped_in: this is the first frame read by a newly adapted model.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray = field(repr=False)
+    sampling_A_per_px: float
+    atoms: object = field(repr=False)
+    shift_score: float | None = None
+    shift_flag: bool | None = None
+    adapting: bool = False
+    swapped_in: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer for one frame: one of :data:`DECISIONS`, the frame error estimate behind it
+    (None for a policy without a monitor), and the frames to adapt on now (empty: none)."""
+
+    action: str
+    error_estimate: float | None = None
+    error_flag: bool | None = None
+    adapt_on: tuple[FrameReading, ...] = ()
+
+
+class Policy:
+    """Decides, frame by frame, what to do with the model: the base of :class:`StaticPolicy`,
+    :class:`AlwaysRetrainPolicy` and :class:`TriggeredPolicy`.
+
+    ``monitor`` (:class:`~elit_utils.ood.FrameErrorMonitor`, optional for the first two): judges each
+    frame's atoms; its estimate and flag go into the log, so every policy's timeline shows the same signal.
+    :meth:`decide` sees one :class:`FrameReading`; :meth:`reset` forgets the state of a previous run.
+    """
+
+    name = "policy"
+
+    def __init__(self, monitor: object | None = None) -> None:
+        self.monitor = monitor
+
+    def reset(self) -> None:
+        """Forget what earlier frames left (called by :func:`run_policy` before a run, so a replay decides alike)."""
+
+    def assess(self, reading: FrameReading) -> tuple[float | None, bool | None]:
+        """The frame's error estimate and flag from the monitor (None, None without one)."""
+        if self.monitor is None:
+            return None, None
+        estimate = self.monitor.estimate(reading.atoms.entropy)
+        return estimate, self.monitor.flags(estimate)
+
+    def decide(self, reading: FrameReading) -> Decision:
+        """What to do with this frame (see :data:`DECISIONS`)."""
+        raise NotImplementedError
+
+
+class StaticPolicy(Policy):
+    """Never changes the ensemble; with a monitor, marks doubtful frames "flag".
+
+    >>> from elit_utils.ood import FrameErrorMonitor
+    >>> from elit_utils.locate import AtomTable
+    >>> atoms = AtomTable(*[np.zeros(3)] * 2, 0.1, np.zeros(3), np.array([0.1, 0.6, 0.6]), *[np.zeros(3)] * 2)
+    >>> reading = FrameReading(0, 0.0, np.zeros((8, 8)), 0.1, atoms)
+    >>> StaticPolicy(FrameErrorMonitor(0.3, 0.2)).decide(reading).action, StaticPolicy().decide(reading).action
+    ('flag', 'use')
+    """
+
+    name = "static"
+
+    def decide(self, reading: FrameReading) -> Decision:
+        estimate, flag = self.assess(reading)
+        return Decision("flag" if flag else "use", estimate, flag)
+
+
+class AlwaysRetrainPolicy(Policy):
+    """Adapts on every block of ``block_frames`` frames, whatever they look like: the compute upper bound.
+
+    Every frame is collected; the one that completes a block hands the block over to adapt on.
+
+    >>> from elit_utils.locate import AtomTable
+    >>> atoms = AtomTable(*[np.zeros(1)] * 2, 0.1, *[np.zeros(1)] * 4)
+    >>> policy = AlwaysRetrainPolicy(block_frames=2)
+    >>> [len(policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, atoms)).adapt_on) for k in range(4)]
+    [0, 2, 0, 2]
+    """
+
+    name = "always retrain"
+
+    def __init__(self, block_frames: int, monitor: object | None = None) -> None:
+        super().__init__(monitor)
+        if isinstance(block_frames, bool) or not isinstance(block_frames, (int, np.integer)) or block_frames < 1:
+            raise BadValueError(f"block_frames must be a whole number of frames >= 1, got {block_frames!r}")
+        self.block_frames = int(block_frames)
+        self.block: list[FrameReading] = []
+
+    def reset(self) -> None:
+        self.block = []
+
+    def decide(self, reading: FrameReading) -> Decision:
+        estimate, flag = self.assess(reading)
+        self.block.append(reading)
+        adapt_on: tuple[FrameReading, ...] = ()
+        if len(self.block) == self.block_frames:
+            adapt_on, self.block = tuple(self.block), []
+        return Decision("swap" if reading.swapped_in else "collect", estimate, flag, adapt_on)
+
+
+def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False) -> str:
+    """The ELIT-triggered rule for one frame, in one place (:class:`TriggeredPolicy` and ``elit watch``):
+    "adapting" while an adaptation runs (the trigger waits); "collect" while frames are being collected;
+    else "trigger" when ``trigger`` fires on this frame's flag, "swap" on the first frame of a newly
+    adapted model (whose trigger count starts again), "flag" or "use".
+
+    >>> trigger = Trigger(run_frames=2)
+    >>> [triggered_decision(flag, trigger, collecting=False) for flag in (True, False, True, True)]
+    ['flag', 'use', 'flag', 'trigger']
+    >>> triggered_decision(True, trigger, collecting=True), triggered_decision(True, trigger, collecting=False, adapting=True)
+    ('collect', 'adapting')
+    """
+    if adapting:
+        return "adapting"
+    if swapped_in:
+        trigger.run = 0
+    if collecting:
+        return "collect"
+    if trigger.update(flagged):
+        return "trigger"
+    return "swap" if swapped_in else "flag" if flagged else "use"
+
+
+class TriggeredPolicy(Policy):
+    """ELIT-triggered: the monitor flags frames; when ``trigger`` fires (its run of flagged frames), the next
+    ``adapt_frames`` frames are collected and handed over to adapt on; the adapted model is swapped in when ready.
+
+    While an adaptation runs, frames are read by the old model ("adapting") and the trigger waits; on
+    the first frame of the new model ("swap") the trigger's count starts again. The same monitor (its
+    limits set on source frames for the starting model) judges the adapted models' frames.
+
+    >>> from elit_utils.ood import FrameErrorMonitor
+    >>> from elit_utils.locate import AtomTable
+    >>> doubtful = AtomTable(*[np.zeros(2)] * 2, 0.1, np.zeros(2), np.array([0.6, 0.6]), *[np.zeros(2)] * 2)
+    >>> policy = TriggeredPolicy(FrameErrorMonitor(0.3, 0.2), Trigger(run_frames=2), adapt_frames=2)
+    >>> [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, doubtful)).action for k in range(5)]
+    ['flag', 'trigger', 'collect', 'collect', 'flag']
+    """
+
+    name = "ELIT-triggered"
+
+    def __init__(self, monitor: object, trigger: Trigger, adapt_frames: int) -> None:
+        if monitor is None or not hasattr(monitor, "estimate"):
+            raise BadValueError("TriggeredPolicy needs a frame error monitor (elit_utils.ood.ensure_frame_error_monitor gives the model's)")
+        if not isinstance(trigger, Trigger):
+            raise BadValueError(f"TriggeredPolicy needs a Trigger, got {type(trigger).__name__}")
+        if isinstance(adapt_frames, bool) or not isinstance(adapt_frames, (int, np.integer)) or adapt_frames < 1:
+            raise BadValueError(f"adapt_frames must be a whole number of frames >= 1, got {adapt_frames!r}")
+        super().__init__(monitor)
+        self.trigger = trigger
+        self.adapt_frames = int(adapt_frames)
+        self.collected: list[FrameReading] | None = None
+
+    def reset(self) -> None:
+        self.trigger.run, self.collected = 0, None
+
+    def decide(self, reading: FrameReading) -> Decision:
+        estimate, flag = self.assess(reading)
+        action = triggered_decision(flag, self.trigger, self.collected is not None, reading.adapting, reading.swapped_in)
+        adapt_on: tuple[FrameReading, ...] = ()
+        if action == "trigger":
+            self.collected = []
+        elif action == "collect":
+            self.collected.append(reading)
+            if len(self.collected) == self.adapt_frames:
+                adapt_on, self.collected = tuple(self.collected), None
+        return Decision(action, estimate, flag, adapt_on)
+
+
+@dataclass
+class _Model:
+    """A model a run reads frames with: its name in the log, the ensemble, its shift detector and trust regions (None without)."""
+
+    name: str
+    ensemble: object
+    detector: object | None
+    trust: object | None
+
+
+def _model(name: str, ensemble: object) -> _Model:
+    """The ensemble with the shift detector and trust regions its folder holds (checked against its members)."""
+    from pathlib import Path
+
+    from .clutter import TrustRegions
+    from .config import SHIFT_DETECTOR_FILE, TRUST_REGIONS_FILE
+    from .ood import ShiftDetector
+
+    folder = Path(ensemble.folder)
+    detector = ShiftDetector.load(folder / SHIFT_DETECTOR_FILE, ensemble=ensemble) if (folder / SHIFT_DETECTOR_FILE).exists() else None
+    trust = TrustRegions.load(folder / TRUST_REGIONS_FILE, ensemble=ensemble) if (folder / TRUST_REGIONS_FILE).exists() else None
+    return _Model(name, ensemble, detector, trust)
+
+
+def _checked_indices(frames: object, n_frames: int) -> list[int]:
+    """The frame indices a run plays: all (None), or increasing whole numbers within the stream."""
+    if frames is None:
+        return list(range(n_frames))
+    indices = list(frames)
+    if not indices or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_frames for k in indices):
+        raise BadValueError(f"frames must be frame indices from 0 to {n_frames - 1}, got {indices!r}")
+    if any(b <= a for a, b in itertools.pairwise(indices)):
+        raise BadValueError(f"frames must be in increasing order (a stream plays forward), got {indices!r}")
+    return [int(k) for k in indices]
+
+
+def _scored(frame: StreamFrame, atoms: object, trust: object | None, prediction: object, tolerance_A: float = 0.5, border_A: float = 0.5) -> dict:
+    """The frame's F1 against its hidden truth, and (with trust regions) the share of atoms trusted and their precision."""
+    from .metrics import detection_scores, judge_atoms
+
+    found, true = atoms.coordinates_px, frame.truth.atoms[:, :2]
+    score = detection_scores(found, true, frame.sampling_A_per_px, tolerance_A, frame.image.shape, border_A)
+    row = {"f1": score.f1, "precision": score.precision, "recall": score.recall}
+    if trust is not None:
+        trusted = atoms.with_trust(trust.untrusted(prediction)).trusted
+        scored, right = judge_atoms(found, true, frame.sampling_A_per_px, tolerance_A, frame.image.shape, border_A)
+        kept = trusted & scored
+        row["trusted_share"] = float(trusted.mean()) if len(trusted) else None
+        row["trusted_precision"] = float(right[kept].mean()) if kept.any() else None
+    return row
+
+
+def run_policy(
+    stream: MicroscopeStream,
+    ensemble: object,
+    policy: Policy,
+    adapt_config: object,
+    frames: object = None,
+    *,
+    out_dir: object,
+    source: tuple[np.ndarray, np.ndarray] | None = None,
+    threshold: float = 0.5,
+) -> list[dict]:
+    """Play ``stream`` frame by frame through ``policy``, starting from ``ensemble``; one log line (a dict) per frame.
+
+    Each frame is read by the model in use (atoms, shift score), the policy decides from that
+    :class:`FrameReading` alone, and only then is the frame scored against its hidden truth.
+    When a decision hands frames over, :func:`~elit_utils.iterate.adapt` (``adapt_config``;
+    ``source``: labelled frames mixed in) adapts the newest model to them into
+    ``out_dir/adapt_001``, ``adapt_002``, ... (never into the source model's folder; a rerun into the
+    same ``out_dir`` resumes from the rounds on disk). The adaptation's measured seconds are laid on
+    stream time: it starts when its last frame is read (or when the previous one ends) and the
+    adapted model reads the first frame taken after it ends; frames taken meanwhile are read by
+    the old model. On one CPU the adaptation in fact runs while the stream waits: this is simulated
+    concurrency, as a microscope with a spare GPU would have it.
+
+    Log line: ``frame``, ``time_s``, ``segment``, ``drifted`` (the scenario's, for scoring), ``policy``,
+    ``model`` (:data:`SOURCE_MODEL` or ``adapt_k``), ``decision``, ``n_atoms``, ``error_estimate``,
+    ``error_flag``, ``shift_score``, ``shift_flag``, ``adapt_on_frames`` (the frames an adaptation starting
+    now adapts on; empty: none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
+    ``trusted_share`` and ``trusted_precision`` (only with trust regions), and cumulative
+    adaptation compute: ``compute_s``, ``member_iterations``, ``adaptations`` (reading a frame costs
+    every policy the same and is not counted).
+
+    >>> log = run_policy(MicroscopeStream(), model, StaticPolicy(), AdaptConfig(), frames=range(6), out_dir="policies/static")  # doctest: +SKIP
+    """
+    import time
+    from pathlib import Path
+
+    from .iterate import AdaptConfig, adapt
+    from .locate import locate_atoms
+
+    if not isinstance(stream, MicroscopeStream):
+        raise BadValueError(f"run_policy plays a MicroscopeStream, got {type(stream).__name__}")
+    if not isinstance(policy, Policy):
+        raise BadValueError(f"policy must be a StaticPolicy, AlwaysRetrainPolicy or TriggeredPolicy, got {type(policy).__name__}")
+    if not isinstance(adapt_config, AdaptConfig):
+        raise BadValueError(f"adapt_config must be an AdaptConfig, got {type(adapt_config).__name__}")
+    out = Path(out_dir).absolute()
+    model_folder = Path(ensemble.folder).absolute()
+    if out == model_folder or model_folder in out.parents:
+        raise BadValueError(f"out_dir {out} lies in the model folder {model_folder}; choose a folder outside it for the adapted models.")
+    indices = _checked_indices(frames, len(stream))
+    policy.reset()
+    in_use = latest = _model(SOURCE_MODEL, ensemble)
+    pending: list[tuple[float, _Model]] = []  # (ready at, model), in order
+    spent_s, member_iterations, adaptations, log = 0.0, 0, 0, []
+    for index in indices:
+        frame = stream.frame(index)
+        swapped = False
+        while pending and pending[0][0] <= frame.time_s:
+            in_use, swapped = pending.pop(0)[1], True
+        prediction, features = in_use.ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+        atoms = locate_atoms(prediction, threshold=threshold)
+        shift = None if in_use.detector is None else float(in_use.detector.score(features)[0])
+        shift_flag = None if shift is None else bool(shift > in_use.detector.limit)
+        reading = FrameReading(frame.index, frame.time_s, frame.image, frame.sampling_A_per_px, atoms, shift, shift_flag, bool(pending), swapped)
+        decision = policy.decide(reading)
+        ready_s = None
+        if decision.action not in DECISIONS:
+            raise BadValueError(f"{policy.name} decided {decision.action!r} on frame {index}; a decision is one of {', '.join(DECISIONS)}")
+        if decision.adapt_on:
+            adaptations += 1
+            name = f"adapt_{adaptations:03d}"
+            started = time.perf_counter()
+            result = adapt(
+                latest.ensemble,
+                [r.image for r in decision.adapt_on],
+                [r.sampling_A_per_px for r in decision.adapt_on],
+                out / name,
+                adapt_config,
+                source=source,
+                progress=False,
+            )
+            seconds = time.perf_counter() - started
+            spent_s += seconds
+            member_iterations += len(result.ensemble.seeds) * adapt_config.iterations_per_round * (len(result.history) - 1)
+            begins = max(frame.time_s, pending[-1][0] if pending else frame.time_s)
+            latest = _model(name, result.ensemble)
+            pending.append((begins + seconds, latest))
+            ready_s = begins + seconds
+        segment = stream.scenario.segments[stream.scenario.segment_at(frame.time_s)]
+        line = {
+            "frame": frame.index,
+            "time_s": frame.time_s,
+            "segment": segment.name,
+            "drifted": segment.drifted,
+            "policy": policy.name,
+            "model": in_use.name,
+            "decision": decision.action,
+            "n_atoms": len(atoms),
+            "error_estimate": decision.error_estimate,
+            "error_flag": decision.error_flag,
+            "shift_score": shift,
+            "shift_flag": shift_flag,
+            "adapt_on_frames": [r.index for r in decision.adapt_on],
+            "adaptation_ready_s": ready_s,
+        }
+        line.update(_scored(frame, atoms, in_use.trust, prediction))  # scored after the decision, never shown to it
+        line.update({"compute_s": spent_s, "member_iterations": member_iterations, "adaptations": adaptations})
+        log.append(line)
+    return log
+
+
+def _median(values: list[float]) -> float | None:
+    """The median, or None for no values (JSON-safe)."""
+    return float(np.median(values)) if values else None
+
+
+def _model_stretches(log: list[dict]) -> list[list[dict]]:
+    """The log cut where the model in use changes: one stretch per model, in order."""
+    stretches: list[list[dict]] = []
+    for line in log:
+        if not stretches or stretches[-1][-1]["model"] != line["model"]:
+            stretches.append([])
+        stretches[-1].append(line)
+    return stretches
+
+
+def summarise_policies(logs: Mapping[str, list[dict]]) -> dict:
+    """Compare policies run on the same frames of one stream (``logs``: policy name -> :func:`run_policy` log).
+
+    The frames that matter are those of drifted stretches where the static policy's F1 is below
+    :data:`STATIC_FAILS_BELOW_F1` (``logs`` must hold a ``"static"`` log). Per policy: the median F1
+    over those frames (``median_f1_where_static_fails``) and over those of them read by an adapted
+    model (``..._adapted``); per swap, the median F1 of the frames the new model reads; triggers on
+    undrifted stretches (false triggers) and their share of undrifted frames; total adaptation
+    compute. And the compute of the ELIT-triggered policy over that of always-retrain (None without both).
+    This is the ``stream`` section of ``results/metrics.json``.
+
+    >>> line = {"drifted": True, "model": "source", "decision": "use", "compute_s": 0.0, "member_iterations": 0, "adaptations": 0}
+    >>> logs = {"static": [{**line, "frame": 0, "f1": 0.5}], "ELIT-triggered": [{**line, "frame": 0, "f1": 0.9}]}
+    >>> summary = summarise_policies(logs)
+    >>> summary["frames_where_static_fails"], summary["policies"]["ELIT-triggered"]["median_f1_where_static_fails"]
+    ([0], 0.9)
+    """
+    if "static" not in logs:
+        raise BadValueError(f"summarise_policies needs the static policy's log to find the frames it fails on; got logs of {', '.join(logs) or 'nothing'}")
+    failing = {line["frame"] for line in logs["static"] if line["drifted"] and line["f1"] < STATIC_FAILS_BELOW_F1}
+    policies = {}
+    for name, log in logs.items():
+        if sorted(line["frame"] for line in log) != sorted(line["frame"] for line in logs["static"]):
+            raise BadValueError(f"the {name!r} log covers other frames than the static one; compare policies on the same frames of one stream")
+        undrifted = [line for line in log if not line["drifted"]]
+        false_triggers = sum(line["decision"] == "trigger" for line in undrifted)
+        last = log[-1] if log else {"compute_s": 0.0, "member_iterations": 0, "adaptations": 0}
+        policies[name] = {
+            "median_f1": _median([line["f1"] for line in log]),
+            "median_f1_where_static_fails": _median([line["f1"] for line in log if line["frame"] in failing]),
+            "median_f1_where_static_fails_adapted": _median([line["f1"] for line in log if line["frame"] in failing and line["model"] != SOURCE_MODEL]),
+            "after_swaps": [
+                {"model": s[0]["model"], "time_s": s[0]["time_s"], "frames": len(s), "median_f1": _median([line["f1"] for line in s])}
+                for s in _model_stretches(log)[1:]
+            ],
+            "false_triggers": false_triggers,
+            "false_trigger_rate": false_triggers / len(undrifted) if undrifted else None,
+            "adaptations": last["adaptations"],
+            "compute_s": last["compute_s"],
+            "member_iterations": last["member_iterations"],
+        }
+    triggered, always = policies.get(TriggeredPolicy.name), policies.get(AlwaysRetrainPolicy.name)
+    ratio = None
+    if triggered and always and always["member_iterations"]:
+        ratio = {
+            "member_iterations": triggered["member_iterations"] / always["member_iterations"],
+            "seconds": triggered["compute_s"] / always["compute_s"] if always["compute_s"] else None,
+        }
+    return {
+        "static_fails_below_f1": STATIC_FAILS_BELOW_F1,
+        "frames_where_static_fails": sorted(failing),
+        "policies": policies,
+        "compute_triggered_over_always_retrain": ratio,
+    }
