@@ -1128,7 +1128,7 @@ def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
 
 def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, state: _WatchState) -> dict:
     """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (collect the next frames to adapt on) or collect."""
-    from .stream import Trigger
+    from .stream import Trigger, triggered_decision
 
     ensemble, detector, trust = model
     entry = {"event": "frame", "file": _shown(path.name), "time": _now(), "model": _shown(state.model)}
@@ -1145,12 +1145,9 @@ def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, 
     estimate = monitor.estimate(atoms.entropy)
     over = monitor.flags(estimate)
     shift = float(detector.score(features)[0]) if detector is not None else None
-    if state.collecting is not None:
-        decision = "collect"
-    else:
-        trigger = Trigger(args.trigger_frames, run=state.run)
-        decision = "trigger" if trigger.update(over) else "flag" if over else "use"
-        state.run = trigger.run
+    trigger = Trigger(args.trigger_frames, run=state.run)
+    decision = triggered_decision(over, trigger, collecting=state.collecting is not None)
+    state.run = trigger.run
     return {
         **entry,
         "n_atoms": len(atoms),
