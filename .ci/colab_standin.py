@@ -5,7 +5,11 @@ What a student's Colab tab does, as closely as this machine allows:
 1. build the wheel and the sdist (``python -m build``) and check what they contain;
 2. install the wheel (not editable) into a fresh virtual environment, with what Colab
    already ships beside it (a kernel, nbclient and ipywidgets 7.7, Colab's version),
-   and nothing from the checkout;
+   and nothing from the checkout. Colab also ships torch and torchvision preinstalled;
+   here they (and what they need: CUDA libraries, numpy, pillow, ...) are linked from
+   CI's own environment, not installed again, as Colab's are found outside the user's
+   packages. That saves writing about 5.5 GB of CUDA wheels twice (a CI run once ran
+   out of disk there);
 3. run every notebook alone in its own empty folder, with an empty cache, no shared
    images and no network for data (``ELIT_OFFLINE=1``), in the ``smoke`` profile,
    printing one line per notebook with its time;
@@ -18,6 +22,7 @@ Exit status 0 only when everything passed.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata as metadata
 import os
 import shutil
 import subprocess
@@ -27,9 +32,14 @@ import time
 import zipfile
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[1]
 #: Packages a Colab runtime already has, at Colab's versions where it matters (ipywidgets 7.7).
 COLAB_PROVIDED = ["ipykernel", "nbclient", "nbformat", "ipywidgets>=7.7,<7.8", "pytest", "hypothesis"]
+#: Preinstalled on Colab and linked here from CI's environment, with everything they require.
+COLAB_PREINSTALLED = ["torch", "torchvision"]
 
 RUN_NOTEBOOK = """
 import sys, nbformat
@@ -62,11 +72,53 @@ def build(dist: Path) -> Path:
     return wheel
 
 
+def requirement_closure(roots: list[str]) -> list[metadata.Distribution]:
+    """The installed distributions ``roots`` need, themselves included (markers and extras honoured).
+
+    Example: ``requirement_closure(["torch"])`` holds torch, triton, sympy, the nvidia-* wheels, ...
+    """
+    found: dict[str, tuple[metadata.Distribution, frozenset[str]]] = {}
+    pending = [(name, frozenset()) for name in roots]
+    while pending:
+        name, extras = pending.pop()
+        key = canonicalize_name(name)
+        known_extras = found[key][1] if key in found else frozenset()
+        if key in found and extras <= known_extras:
+            continue
+        distribution = metadata.distribution(name)
+        extras = extras | known_extras
+        found[key] = (distribution, extras)
+        environments = [{"extra": extra} for extra in extras or {""}]
+        for text in distribution.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or any(requirement.marker.evaluate(env) for env in environments):
+                pending.append((requirement.name, frozenset(requirement.extras)))
+    return [distribution for distribution, _ in found.values()]
+
+
+def link_preinstalled(python: Path, folder: Path) -> None:
+    """Make COLAB_PREINSTALLED importable in the environment of ``python`` as links, not copies.
+
+    Each distribution's top-level entries (package folders, modules, its dist-info) are linked
+    into ``folder``, which a ``.pth`` file puts on the environment's path, so pip sees them as
+    installed and does not fetch them again.
+    """
+    folder.mkdir(parents=True)
+    for distribution in requirement_closure(COLAB_PREINSTALLED):
+        for top in {Path(str(file)).parts[0] for file in distribution.files or [] if not str(file).startswith("..")}:
+            source = Path(distribution.locate_file(top))
+            if source.exists() and not (folder / top).exists():
+                (folder / top).symlink_to(source)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
+    (Path(purelib.stdout.strip()) / "colab_preinstalled.pth").write_text(f"{folder}\n")
+
+
 def fresh_environment(folder: Path, wheel: Path) -> Path:
     """A new virtual environment with the wheel and what Colab provides; returns its python."""
     run([sys.executable, "-m", "venv", str(folder)])
     python = folder / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel), *COLAB_PROVIDED])
+    link_preinstalled(python, folder.parent / "colab-preinstalled")
+    run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", "--disable-pip-version-check", str(wheel), *COLAB_PROVIDED])
     return python
 
 
