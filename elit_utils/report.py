@@ -200,6 +200,16 @@ SECTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "uncertainty": ("06", "Seeing uncertainty", ("atom_entropy_limit_nats", "kept_precision_on_fresh_frames", "kept_fraction_on_fresh_frames")),
     "clutter": ("07", "Clutter and trust", ("precision_inside_clutter", "precision_outside_clutter", "study_findings")),
     "distributed": ("08", "Many machines", ("same_weights", "largest_probability_difference")),
+    "stream": (
+        "09",
+        "An automated experiment",
+        (
+            "frames_where_static_fails",
+            "triggered_median_f1_where_static_fails_adapted",
+            "triggered_compute_over_always_retrain",
+            "triggered_false_trigger_rate",
+        ),
+    ),
     "classes": ("10", "Carbon or silicon", ("si_f1", "c_f1", "all_f1", "g_si_2nm")),
 }
 

@@ -152,7 +152,7 @@ class Scenario:
 
         >>> conditions, sample = DEFAULT_SCENARIO.conditions_at(240.0)
         >>> conditions.defocus_A, sample.dopant_density_per_nm2
-        (25.0, 0.1)
+        (40.0, 0.1)
         """
         index = self.segment_at(time_s)
         segment = self.segments[index]
@@ -163,6 +163,21 @@ class Scenario:
         current = {name: _value(before, name) for name in segment.creeps}
         return _apply(jumped, {name: _between(current[name], target, fraction) for name, target in segment.creeps.items()})
 
+    def describe(self) -> list[tuple[str, str, str, str]]:
+        """One row per segment for a table: its name, when it runs (min), what it changes, and whether it is drifted.
+
+        >>> Scenario((Segment(60.0, name="good"), Segment(120.0, creeps={"defocus_A": 40.0}, name="creep"))).describe()[1]
+        ('creep', '1-3', 'defocus_A creeps to 40', 'yes')
+        """
+        rows, start_s = [], 0.0
+        for segment in self.segments:
+            changes = [f"{name} = {_shown(value)}" for name, value in segment.jumps.items()]
+            changes += [f"{name} creeps to {_shown(value)}" for name, value in segment.creeps.items()]
+            span = f"{start_s / 60:g}-{(start_s + segment.duration_s) / 60:g}"
+            rows.append((segment.name, span, ", ".join(changes) or "no change", "yes" if segment.drifted else "no"))
+            start_s += segment.duration_s
+        return rows
+
     def timeline(self, times_s: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """A table of every changed field's value over time (default: at each frame), for a timeline figure.
 
@@ -171,7 +186,7 @@ class Scenario:
 
         >>> table = DEFAULT_SCENARIO.timeline(np.array([0.0, 240.0]))
         >>> table["defocus_A"].tolist()
-        [0.0, 25.0]
+        [0.0, 40.0]
         """
         times = np.arange(self.n_frames) * self.frame_interval_s if times_s is None else np.asarray(times_s, float)
         names = list(dict.fromkeys(name for segment in self.segments for name in (*segment.jumps, *segment.creeps)))
@@ -184,6 +199,11 @@ class Scenario:
                 for key, part in parts.items():
                     table.setdefault(key, []).append(np.nan if part is None else part)
         return {key: np.array(values) for key, values in table.items()}
+
+
+def _shown(value: object) -> str:
+    """A value as a table shows it: numbers in short form (3e+04, 0.15), anything else as it is."""
+    return f"{value:g}" if _is_number(value) else str(value)
 
 
 def _value(state: tuple[ImagingConditions, SampleSpec], name: str) -> object:
@@ -247,16 +267,16 @@ def _checked_segment(index: int, segment: Segment, state: tuple[ImagingCondition
 DEFAULT_SCENARIO = Scenario(
     (
         Segment(120.0, name="good conditions", drifted=False),
-        Segment(240.0, creeps={"defocus_A": 50.0}, name="defocus creep"),
-        Segment(180.0, jumps={"defocus_A": 0.0, "dose_e_per_A2": 3e4}, name="dose drop"),
+        Segment(240.0, creeps={"defocus_A": 80.0}, name="defocus creep"),
+        Segment(240.0, jumps={"defocus_A": 0.0, "dose_e_per_A2": 5e3}, name="dose drop"),
         Segment(240.0, jumps={"dose_e_per_A2": 3e5}, creeps={"contamination_coverage": 0.4, "background_fraction": 1.0}, name="contamination builds up"),
         Segment(
             180.0,
-            jumps={"contamination_coverage": 0.0, "background_fraction": 0.5, "astigmatism_A": 25.0, "astigmatism_angle_deg": 30.0},
+            jumps={"contamination_coverage": 0.0, "background_fraction": 0.5, "astigmatism_A": 40.0, "astigmatism_angle_deg": 30.0},
             name="probe change (astigmatism)",
         ),
         Segment(
-            180.0,
+            120.0,
             jumps={
                 "astigmatism_A": 0.0,
                 "dopant_density_per_nm2": 1.0,
@@ -383,6 +403,10 @@ class Trigger:
 
 
 # --------------------------------------------------------------------------- policies
+
+#: Member-iterations per second of a modest GPU beside the microscope (a 16-filter U-Net, batches of 8 tiles of
+#: 64 px, mixed precision): an assumption that sets how long an adaptation lasts in stream time.
+SPARE_GPU_MEMBER_ITERATIONS_PER_S = 25.0
 
 #: Frames where the static ensemble scores an F1 below this, in drifted stretches, are those a policy must rescue.
 STATIC_FAILS_BELOW_F1 = 0.85
@@ -645,6 +669,7 @@ def run_policy(
     out_dir: object,
     source: tuple[np.ndarray, np.ndarray] | None = None,
     threshold: float = 0.5,
+    member_iterations_per_s: float | None = None,
 ) -> list[dict]:
     """Play ``stream`` frame by frame through ``policy``, starting from ``ensemble``; one log line (a dict) per frame.
 
@@ -653,11 +678,13 @@ def run_policy(
     When a decision hands frames over, :func:`~elit_utils.iterate.adapt` (``adapt_config``;
     ``source``: labelled frames mixed in) adapts the newest model to them into
     ``out_dir/adapt_001``, ``adapt_002``, ... (never into the source model's folder; a rerun into the
-    same ``out_dir`` resumes from the rounds on disk). The adaptation's measured seconds are laid on
-    stream time: it starts when its last frame is read (or when the previous one ends) and the
-    adapted model reads the first frame taken after it ends; frames taken meanwhile are read by
-    the old model. On one CPU the adaptation in fact runs while the stream waits: this is simulated
-    concurrency, as a microscope with a spare GPU would have it.
+    same ``out_dir`` resumes from the rounds on disk). The adaptation is laid on stream time: it
+    starts when its last frame is read (or when the previous one ends) and the adapted model reads
+    the first frame taken after it ends; frames taken meanwhile are read by the old model. It lasts
+    its member-iterations over ``member_iterations_per_s`` (the speed of the computer that would adapt
+    beside the microscope, e.g. :data:`SPARE_GPU_MEMBER_ITERATIONS_PER_S`), so that a run replays
+    exactly on any machine; None lays the measured seconds instead (they depend on the machine and
+    its load). The adaptation in fact runs while the stream waits: this is simulated concurrency.
 
     Log line: ``frame``, ``time_s``, ``segment``, ``drifted`` (the scenario's, for scoring), ``policy``,
     ``model`` (:data:`SOURCE_MODEL` or ``adapt_k``), ``decision``, ``n_atoms``, ``error_estimate``,
@@ -681,6 +708,8 @@ def run_policy(
         raise BadValueError(f"policy must be a StaticPolicy, AlwaysRetrainPolicy or TriggeredPolicy, got {type(policy).__name__}")
     if not isinstance(adapt_config, AdaptConfig):
         raise BadValueError(f"adapt_config must be an AdaptConfig, got {type(adapt_config).__name__}")
+    if member_iterations_per_s is not None and not (_is_number(member_iterations_per_s) and member_iterations_per_s > 0):
+        raise BadValueError(f"member_iterations_per_s must be a positive speed (member-iterations per second) or None, got {member_iterations_per_s!r}")
     out = Path(out_dir).absolute()
     model_folder = Path(ensemble.folder).absolute()
     if out == model_folder or model_folder in out.parents:
@@ -719,11 +748,13 @@ def run_policy(
             )
             seconds = time.perf_counter() - started
             spent_s += seconds
-            member_iterations += len(result.ensemble.seeds) * adapt_config.iterations_per_round * (len(result.history) - 1)
+            iterations = len(result.ensemble.seeds) * adapt_config.iterations_per_round * (len(result.history) - 1)
+            member_iterations += iterations
+            lasts_s = seconds if member_iterations_per_s is None else iterations / member_iterations_per_s
             begins = max(frame.time_s, pending[-1][0] if pending else frame.time_s)
             latest = _model(name, result.ensemble)
-            pending.append((begins + seconds, latest))
-            ready_s = begins + seconds
+            ready_s = begins + lasts_s
+            pending.append((ready_s, latest))
         segment = stream.scenario.segments[stream.scenario.segment_at(frame.time_s)]
         line = {
             "frame": frame.index,
@@ -816,3 +847,86 @@ def summarise_policies(logs: Mapping[str, list[dict]]) -> dict:
         "policies": policies,
         "compute_triggered_over_always_retrain": ratio,
     }
+
+
+# --------------------------------------------------------------------------- a profile's session
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How a run profile plays the default session: frames, adaptation, trigger and the policies' sizes.
+
+    Attributes
+    ----------
+    scenario: :data:`DEFAULT_SCENARIO` with the profile's frame size (its training image size) and
+        frame interval.
+    adapt_config: the adaptation every policy runs when it adapts (a short one: the microscope waits
+        for no one).
+    trigger_run_frames: flagged frames in a row that fire the ELIT trigger.
+    adapt_frames: frames the ELIT-triggered policy collects after a trigger and adapts on.
+    block_frames: frames per block of the always-retrain policy.
+    n_monitor_frames: fresh source frames the frame error monitor is fitted on.
+    member_iterations_per_s: the speed an adaptation is laid on stream time with (:func:`run_policy`).
+    """
+
+    scenario: Scenario
+    adapt_config: object
+    trigger_run_frames: int
+    adapt_frames: int
+    block_frames: int
+    n_monitor_frames: int
+    member_iterations_per_s: float = SPARE_GPU_MEMBER_ITERATIONS_PER_S
+
+
+def profile_stream(profile: object | None = None) -> StreamPlan:
+    """The :class:`StreamPlan` of a run profile (``smoke``, ``quick``, ``paper``; None: ``$ELIT_PROFILE``).
+
+    Smoke plays a frame every 2 min (12 frames of 64 px) and adapts in one round of 10 steps; quick
+    and paper a frame every 20 s (72 frames of 128 and 256 px). Quick's adaptation is the profile's
+    (:func:`~elit_utils.clutter.study_config`) cut to two rounds of at most 40 steps: on a laptop's
+    CPU the always-retrain policy alone adapts six times.
+
+    >>> plan = profile_stream("smoke")
+    >>> len(MicroscopeStream(plan.scenario)), plan.scenario.image_size_px, plan.adapt_config.rounds
+    (12, 64, 1)
+    """
+    from .clutter import study_config
+    from .config import get_profile
+
+    run = get_profile(profile)
+    adapt_config = study_config(run)
+    if run.name != "paper":
+        adapt_config = dataclasses.replace(adapt_config, rounds=min(adapt_config.rounds, 2), iterations_per_round=min(adapt_config.iterations_per_round, 40))
+    if run.name == "smoke":  # seconds in CI: a frame every 2 min, one short round per adaptation
+        adapt_config = dataclasses.replace(adapt_config, rounds=1, iterations_per_round=10)
+    interval_s = 120.0 if run.name == "smoke" else DEFAULT_SCENARIO.frame_interval_s
+    scenario = dataclasses.replace(DEFAULT_SCENARIO, image_size_px=run.image_size_px, frame_interval_s=interval_s)
+    n_frames = scenario.n_frames
+    return StreamPlan(
+        scenario=scenario,
+        adapt_config=adapt_config,
+        trigger_run_frames=2 if run.name != "paper" else 3,
+        adapt_frames=max(2, min(run.n_adapt_frames, n_frames // 12)),
+        block_frames=max(4, n_frames // 6),
+        n_monitor_frames=max(8, run.n_shift_reference_images // 2),
+    )
+
+
+def trade_off_table(summary: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The header and one row per policy of :func:`summarise_policies`' trade-off: F1 where static fails, false triggers, compute.
+
+    A median over no frames (the static policy never fails, or no adapted ensemble read those frames) shows as n/a.
+
+    >>> line = {"drifted": True, "model": "source", "decision": "use", "compute_s": 0.0, "member_iterations": 0, "adaptations": 0}
+    >>> header, rows = trade_off_table(summarise_policies({"static": [{**line, "frame": 0, "f1": 0.5}]}))
+    >>> rows
+    [('static', '0.500', 'n/a', '0', '0', '0', '0 s')]
+    """
+    header = ("policy", "median F1 where static fails", "same, adapted ensemble", "false triggers", "adaptations", "member-iterations", "adapting time")
+    rows = []
+    for name, policy in summary["policies"].items():
+        medians = [policy["median_f1_where_static_fails"], policy["median_f1_where_static_fails_adapted"]]
+        shown = ["n/a" if value is None else f"{value:.3f}" for value in medians]
+        counts = [str(policy[key]) for key in ("false_triggers", "adaptations", "member_iterations")]
+        rows.append((name, *shown, *counts, f"{policy['compute_s']:.0f} s"))
+    return header, rows

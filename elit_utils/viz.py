@@ -797,3 +797,83 @@ def plot_clutter_study(summary: dict) -> Figure:
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+POLICY_STYLES = {  # one style per stream policy (elit_utils.stream), told apart in greyscale by line style and marker
+    "static": {"color": "0.45", "lw": 1.4, "ls": ":", "marker": ""},
+    "always retrain": {"color": "#1b9e77", "lw": 1.4, "ls": "--", "marker": ""},
+    "ELIT-triggered": {"color": "black", "lw": 2.0, "ls": "-", "marker": ""},
+}
+
+
+def _draw_segments(strip: Axes, axes: Sequence[Axes], scenario: object) -> None:
+    """Name each segment of ``scenario`` on ``strip`` at its time (minutes) and shade its drifted stretches (grey) on every axis."""
+    import textwrap
+
+    start_min = 0.0
+    for segment in scenario.segments:
+        end_min = start_min + segment.duration_s / 60
+        for ax in (strip, *axes):
+            if segment.drifted:
+                ax.axvspan(start_min, end_min, color="0.88", lw=0, zorder=0)
+            ax.axvline(start_min, color="0.7", lw=0.6, zorder=0)
+        strip.text((start_min + end_min) / 2, 0.5, textwrap.fill(segment.name, 13), ha="center", va="center", fontsize=6.5)
+        start_min = end_min
+    strip.set(yticks=[], ylim=(0, 1), xlim=(0, start_min))
+    strip.set_title("the session (grey: drifted, what the source ensemble may misread)", fontsize=8)
+
+
+def plot_stream_timeline(logs: dict[str, list[dict]], scenario: object, error_limit: float, shift_limit: float | None = None) -> Figure:
+    """A microscope run as the policies lived it, one shared time axis (minutes; grey bands: the drifted segments of ``scenario``).
+
+    Top: the two frame signals as the source ensemble reads each frame (the static policy's log):
+    the frame error estimate with its flag limit ``error_limit`` (what the ELIT-triggered policy acts
+    on) and the shift score with its limit ``shift_limit`` ("different", not "wrong"), each over its
+    own limit so both share one scale. Middle: F1 of each policy's model per frame (scored afterwards
+    against the hidden truth), with the ELIT-triggered policy's triggers (down triangles) and swaps
+    (up triangles). Bottom: adaptation compute spent so far, in member-iterations.
+
+    ``logs`` maps a policy name to its :func:`~elit_utils.stream.run_policy` log; it must hold ``"static"``.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> from elit_utils.stream import Scenario, Segment
+    >>> line = {"segment": "good", "drifted": False, "error_estimate": 0.01, "shift_score": 3.0, "decision": "use", "member_iterations": 0}
+    >>> log = [{**line, "frame": k, "time_s": 20.0 * k, "f1": 1.0, "model": "source"} for k in range(3)]
+    >>> scenario = Scenario((Segment(60.0, name="good", drifted=False),), frame_interval_s=20.0, image_size_px=64)
+    >>> [ax.get_ylabel() for ax in plot_stream_timeline({"static": log}, scenario, 0.02, 10.0).axes]
+    ['', 'signal / its limit', 'F1 (atoms within 0.5 Å)', 'member-iterations']
+    """
+    static = logs["static"]
+    minutes = np.array([line["time_s"] for line in static]) / 60
+    heights = {"height_ratios": [0.32, 1.1, 1.3, 0.8]}
+    fig, (strip, signals, f1, compute) = plt.subplots(4, 1, figsize=(9.5, 8.0), sharex=True, gridspec_kw=heights)
+    error = np.array([line["error_estimate"] for line in static], float) / error_limit
+    signals.semilogy(minutes, error, color="black", lw=1.6, label="frame error estimate / limit (acted on)")
+    ratios = [error]
+    if shift_limit is not None and all(line["shift_score"] is not None for line in static):
+        ratios.append(np.array([line["shift_score"] for line in static], float) / shift_limit)
+        signals.semilogy(minutes, ratios[-1], color="#7570b3", lw=1.2, ls="--", label="shift score / limit (different, not wrong)")
+    signals.axhline(1.0, color="#d62728", lw=1, label="flag limit")
+    signals.set_ylabel("signal / its limit")
+    signals.legend(fontsize=7, loc="upper left")
+    for name, log in logs.items():
+        style, log_minutes = POLICY_STYLES.get(name, {"lw": 1.2}), np.array([line["time_s"] for line in log]) / 60
+        f1.plot(log_minutes, [line["f1"] for line in log], label=name, **style)
+        for k, line in enumerate(log):
+            new_model = k > 0 and line["model"] != log[k - 1]["model"]
+            if line["decision"] == "trigger" or new_model:
+                f1.plot(log_minutes[k], line["f1"], marker="^" if new_model else "v", color=style.get("color", "black"), ms=7, ls="", mec="white")
+        compute.plot(log_minutes, [line["member_iterations"] for line in log], drawstyle="steps-post", **style)
+    f1.set_ylabel("F1 (atoms within 0.5 Å)")
+    f1.legend(fontsize=7, loc="lower left", title="▼ trigger  ▲ new model in use", title_fontsize=7)
+    compute.set(ylabel="member-iterations", xlabel="time in the session (min)")
+    _draw_segments(strip, (signals, f1, compute), scenario)
+    ratios = np.concatenate(ratios)
+    signals.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    signals.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    signals.yaxis.set_minor_formatter(NullFormatter())
+    signals.set_ylim(max(float(np.nanmin(ratios)) / 1.5, 1e-3), float(np.nanmax(ratios)) * 1.5)
+    for ax in (signals, f1, compute):
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -134,6 +134,37 @@ def test_frames_taken_while_adapting_are_read_by_the_old_model(model, tmp_path):
     assert sorted(p.name for p in ensemble.folder.iterdir()) == model_files and (tmp_path / "out" / "adapt_001" / "round_1").is_dir()
 
 
+def test_an_adaptation_lasts_its_member_iterations_over_the_stated_speed(model, tmp_path):
+    """On the stream's clock, an adaptation of I member-iterations at R per second lasts I / R s, whatever the machine."""
+    ensemble, monitor = model
+    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0)
+    steady = Scenario((Segment(600.0, name="source"),), frame_interval_s=10.0, image_size_px=64)
+    per_adaptation = len(ensemble.seeds) * ADAPT.iterations_per_round * ADAPT.rounds
+    speed = per_adaptation / 25.0  # each adaptation lasts 25 s: ready between the 3rd and 4th frame after it starts
+    policy = TriggeredPolicy(every_frame_flagged, Trigger(1), 2)
+    log = run_policy(MicroscopeStream(steady), ensemble, policy, ADAPT, frames=range(8), out_dir=tmp_path / "out", member_iterations_per_s=speed)
+    started = next(line for line in log if line["adapt_on_frames"])
+    assert started["adaptation_ready_s"] == pytest.approx(started["time_s"] + 25.0)
+    first_new = next(line for line in log if line["model"] == "adapt_001")
+    assert first_new["frame"] == started["frame"] + 3
+    for bad in (0.0, -1.0, float("nan"), "fast"):
+        with pytest.raises(BadValueError, match="member_iterations_per_s"):
+            run_policy(MicroscopeStream(steady), ensemble, policy, ADAPT, frames=[0], out_dir=tmp_path / "bad", member_iterations_per_s=bad)
+
+
+def test_each_profile_plays_the_default_session_at_its_own_size():
+    from elit_utils.config import get_profile
+    from elit_utils.stream import profile_stream
+
+    for name in ("smoke", "quick", "paper"):
+        run, plan = get_profile(name), profile_stream(name)
+        assert plan.scenario.segments == DEFAULT_SCENARIO.segments and plan.scenario.image_size_px == run.image_size_px
+        assert plan.adapt_config.iterations_per_round <= run.adapt_iterations_per_round and plan.adapt_config.tile_px == run.adapt_tile_px
+        assert 1 <= plan.trigger_run_frames < plan.block_frames and plan.adapt_frames < plan.block_frames
+        assert plan.block_frames * 3 <= plan.scenario.n_frames  # always-retrain adapts at least three times
+    assert profile_stream("smoke").scenario.n_frames < profile_stream("quick").scenario.n_frames
+
+
 def test_trust_regions_and_the_shift_detector_of_the_model_folder_are_logged(model, tmp_path):
     import shutil
 

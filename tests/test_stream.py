@@ -92,6 +92,14 @@ def _segment_frames(stream: MicroscopeStream, name: str, last: int | None = None
     return frames[-last:] if last else frames
 
 
+def test_a_scenario_describes_its_segments_for_a_table():
+    rows = DEFAULT_SCENARIO.describe()
+    assert [row[0] for row in rows] == [segment.name for segment in DEFAULT_SCENARIO.segments]
+    assert rows[0] == ("good conditions", "0-2", "no change", "no")
+    assert rows[1] == ("defocus creep", "2-6", "defocus_A creeps to 80", "yes")
+    assert rows[-1][1].endswith(f"-{DEFAULT_SCENARIO.duration_s / 60:g}") and "dose_e_per_A2 = 5000" in rows[2][2]
+
+
 def test_each_default_segment_changes_the_image_as_it_should():
     from elit_utils.lattice import estimate_sampling
 
@@ -101,7 +109,7 @@ def test_each_default_segment_changes_the_image_as_it_should():
     noise, sharp = np.mean([_relative_noise(f) for f in good]), np.mean([_sharpness(f) for f in good])
     si = np.mean([(f.truth.atoms[:, 2] == 1).mean() for f in good])
     assert np.mean([_sharpness(f) for f in _segment_frames(stream, "defocus creep", last=3)]) < 0.9 * sharp
-    assert np.mean([_relative_noise(f) for f in _segment_frames(stream, "dose drop")]) > 2.5 * noise  # 10x less dose: ~3x the noise
+    assert np.mean([_relative_noise(f) for f in _segment_frames(stream, "dose drop")]) > 2.5 * noise  # 60x less dose: ~8x the noise (Poisson), less after the detector's read noise
     contamination = [float(f.truth.clutter_mask.mean()) for f in _segment_frames(stream, "contamination builds up")]
     assert contamination[0] < 0.02 and contamination[-1] > 0.2
     assert np.mean([_sharpness(f) for f in _segment_frames(stream, "probe change (astigmatism)")]) < 0.85 * sharp
