@@ -670,6 +670,7 @@ def run_policy(
     source: tuple[np.ndarray, np.ndarray] | None = None,
     threshold: float = 0.5,
     member_iterations_per_s: float | None = None,
+    atoms_out: dict | None = None,
 ) -> list[dict]:
     """Play ``stream`` frame by frame through ``policy``, starting from ``ensemble``; one log line (a dict) per frame.
 
@@ -692,7 +693,8 @@ def run_policy(
     now adapts on; empty: none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
     ``trusted_share`` and ``trusted_precision`` (only with trust regions), and cumulative
     adaptation compute: ``compute_s``, ``member_iterations``, ``adaptations`` (reading a frame costs
-    every policy the same and is not counted).
+    every policy the same and is not counted). ``atoms_out``, a dict, receives each frame's atoms
+    (frame index -> :class:`~elit_utils.locate.AtomTable` of the model in use), for a replay.
 
     >>> log = run_policy(MicroscopeStream(), model, StaticPolicy(), AdaptConfig(), frames=range(6), out_dir="policies/static")  # doctest: +SKIP
     """
@@ -773,6 +775,8 @@ def run_policy(
             "adaptation_ready_s": ready_s,
         }
         line.update(_scored(frame, atoms, in_use.trust, prediction))  # scored after the decision, never shown to it
+        if atoms_out is not None:
+            atoms_out[frame.index] = atoms
         line.update({"compute_s": spent_s, "member_iterations": member_iterations, "adaptations": adaptations})
         log.append(line)
     return log

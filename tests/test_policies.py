@@ -189,7 +189,10 @@ def test_trust_regions_and_the_shift_detector_of_the_model_folder_are_logged(mod
 
 def test_a_replay_gives_the_same_decisions(runs, model, tmp_path):
     logs, high, _ = runs
-    replay = run_policy(MicroscopeStream(SHIFTED_HALF), model[0], TriggeredPolicy(high, Trigger(RUN_FRAMES), ADAPT_FRAMES), ADAPT, out_dir=tmp_path / "replay")
+    atoms = {}
+    policy = TriggeredPolicy(high, Trigger(RUN_FRAMES), ADAPT_FRAMES)
+    replay = run_policy(MicroscopeStream(SHIFTED_HALF), model[0], policy, ADAPT, out_dir=tmp_path / "replay", atoms_out=atoms)
+    assert sorted(atoms) == [line["frame"] for line in replay] and [len(atoms[line["frame"]]) for line in replay] == [line["n_atoms"] for line in replay]
     keys = ("frame", "decision", "model", "error_flag", "n_atoms", "adaptations", "member_iterations")
     assert [{k: line[k] for k in keys} for line in replay] == [{k: line[k] for k in keys} for line in logs["ELIT-triggered"]]
 

@@ -109,7 +109,9 @@ def test_each_default_segment_changes_the_image_as_it_should():
     noise, sharp = np.mean([_relative_noise(f) for f in good]), np.mean([_sharpness(f) for f in good])
     si = np.mean([(f.truth.atoms[:, 2] == 1).mean() for f in good])
     assert np.mean([_sharpness(f) for f in _segment_frames(stream, "defocus creep", last=3)]) < 0.9 * sharp
-    assert np.mean([_relative_noise(f) for f in _segment_frames(stream, "dose drop")]) > 2.5 * noise  # 60x less dose: ~8x the noise (Poisson), less after the detector's read noise
+    assert (
+        np.mean([_relative_noise(f) for f in _segment_frames(stream, "dose drop")]) > 2.5 * noise
+    )  # 60x less dose: ~8x the noise (Poisson), less after the detector's read noise
     contamination = [float(f.truth.clutter_mask.mean()) for f in _segment_frames(stream, "contamination builds up")]
     assert contamination[0] < 0.02 and contamination[-1] > 0.2
     assert np.mean([_sharpness(f) for f in _segment_frames(stream, "probe change (astigmatism)")]) < 0.85 * sharp
