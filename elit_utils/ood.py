@@ -915,8 +915,9 @@ def frame_error_estimates(points: list[SweepPoint], quantile: float = UNCERTAIN_
     whose entropy exceeds the ``quantile`` of atom entropies on the source frames (atoms more
     uncertain than almost any atom on training-like frames; a frame with no atom found counts as
     all uncertain). Each estimate (that share, the feature distance, the frame's mean MI) is judged
-    by its Spearman rank correlation with the frame's real error over every sweep frame (nan when
-    an estimate or the error is constant).
+    by its Spearman rank correlation with the frame's real error over every sweep frame, and over
+    each axis' frames (``..._per_axis``: the contamination axis among them); nan when an estimate or
+    the error is constant.
 
     >>> frame_error_estimates([])["rank_correlation_with_error"]["uncertain atom share"]
     nan
@@ -927,29 +928,30 @@ def frame_error_estimates(points: list[SweepPoint], quantile: float = UNCERTAIN_
     limit = (
         float(np.quantile(np.concatenate([p.atom_entropy for p in source]), quantile)) if source and any(len(p.atom_entropy) for p in source) else float("nan")
     )
-    shares, errors, distances, mean_mi = [], [], [], []
+    axes, errors, estimates = [], [], {"uncertain atom share": [], "feature distance": [], "mean MI": []}
     for p in points:
         per_frame = np.split(p.atom_entropy, np.cumsum(p.ensemble_counts[:, 1])[:-1])
-        shares += [uncertain_atom_share(entropy, limit) for entropy in per_frame]
+        estimates["uncertain atom share"] += [uncertain_atom_share(entropy, limit) for entropy in per_frame]
+        estimates["feature distance"] += list(p.frame_shift_scores)
+        estimates["mean MI"] += list(p.frame_mutual_information)
         errors += list(1 - _pooled_f1(p.ensemble_counts[:, None, :]))
-        distances += list(p.frame_shift_scores)
-        mean_mi += list(p.frame_mutual_information)
-    error = np.array(errors, float)
+        axes += [p.axis] * len(per_frame)
+    error, axes = np.array(errors, float), np.array(axes)
 
-    def rank_correlation(estimate: list[float]) -> float:
+    def rank_correlation(estimate: list[float], chosen: np.ndarray) -> float:
         values = np.array(estimate, float)
-        usable = np.isfinite(values)
+        usable = np.isfinite(values) & chosen
         if usable.sum() < 3 or np.ptp(values[usable]) == 0 or np.ptp(error[usable]) == 0:
             return float("nan")
         return float(spearmanr(values[usable], error[usable]).statistic)
 
+    every = np.ones(len(error), bool)
     return {
         "entropy_limit_nats": limit,
         "quantile_of_source_atoms": quantile,
-        "rank_correlation_with_error": {
-            "uncertain atom share": rank_correlation(shares),
-            "feature distance": rank_correlation(distances),
-            "mean MI": rank_correlation(mean_mi),
+        "rank_correlation_with_error": {name: rank_correlation(values, every) for name, values in estimates.items()},
+        "rank_correlation_with_error_per_axis": {
+            axis: {name: rank_correlation(values, axes == axis) for name, values in estimates.items()} for axis in dict.fromkeys(axes.tolist())
         },
         "frames": len(errors),
     }

@@ -133,10 +133,10 @@ def test_frame_error_estimate_ranks_frames_by_their_real_error():
     source_dose, shifted_dose = ood.SWEEP_AXES["dose"][1][0], ood.SWEEP_AXES["dose"][1][-1]
     rng = np.random.default_rng(0)
 
-    def point(value, entropies, matched, distances):  # one frame per entry: its atoms' entropies and how many were right
+    def point(value, entropies, matched, distances, axis="dose"):  # one frame per entry: its atoms' entropies and how many were right
         counts = np.array([[m, len(e), len(e)] for e, m in zip(entropies, matched)])
         return SimpleNamespace(
-            axis="dose",
+            axis=axis,
             value=value,
             atom_entropy=np.concatenate(entropies),
             ensemble_counts=counts,
@@ -153,6 +153,11 @@ def test_frame_error_estimate_ranks_frames_by_their_real_error():
     ranks = estimate["rank_correlation_with_error"]
     assert ranks["uncertain atom share"] > 0.9 > ranks["feature distance"]
     assert np.isnan(ranks["mean MI"])  # a constant estimate ranks nothing
+    assert estimate["rank_correlation_with_error_per_axis"] == {"dose": pytest.approx(ranks, nan_ok=True)}
+    # a contamination point where the most uncertain frames are the right ones: ranked apart, per axis
+    backwards = point(0.6, entropies, [30, 40, 45, 50], [1, 1, 1, 1], axis="contamination")
+    per_axis = ood.frame_error_estimates([source, shifted, backwards])["rank_correlation_with_error_per_axis"]
+    assert per_axis["contamination"]["uncertain atom share"] < -0.9 and per_axis["dose"]["uncertain atom share"] > 0.9
 
 
 def test_bootstrap_interval_separates_a_real_difference_from_luck():
