@@ -551,10 +551,11 @@ class StreamReplay:
         for ax, (name, title) in zip(axes[0], titles.items()):
             atoms = self.atoms_by_policy[name][frame]
             draw_atoms_with_uncertainty(ax, shot.image, atoms.rows_px, atoms.cols_px, atoms.entropy, shot.sampling_A_per_px, title, "entropy", vmax=np.log(2))
+            fig.axes[-1].axhline(self.entropy_limit_nats, color="#d62728", lw=2)  # the limit on the colour bar just drawn
             untrusted = atoms.entropy > self.entropy_limit_nats
-            label = f"do not trust (> {self.entropy_limit_nats:.2f} nats)"
-            ax.scatter(atoms.cols_px[untrusted], atoms.rows_px[untrusted], marker="x", s=22, color="#d62728", label=label)
-            ax.legend(loc="lower left", fontsize=7, framealpha=0.8)
+            label = f"do not trust (entropy > {self.entropy_limit_nats:.2f} nats: red line)"
+            ax.scatter(atoms.cols_px[untrusted], atoms.rows_px[untrusted], marker="x", s=70, linewidths=1.8, color="#d62728", label=label)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False)
         fig.tight_layout()
         return fig
 

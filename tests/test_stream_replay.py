@@ -81,7 +81,7 @@ def test_the_figure_crosses_out_the_atoms_above_the_entropy_limit():
         crosses = ax.collections[-1].get_offsets()
         untrusted = atoms[name][2].entropy > ENTROPY_LIMIT_NATS
         assert np.allclose(crosses, np.column_stack([atoms[name][2].cols_px[untrusted], atoms[name][2].rows_px[untrusted]]))
-        assert ax.get_legend().get_texts()[0].get_text() == "do not trust (> 0.30 nats)"
+        assert ax.get_legend().get_texts()[0].get_text() == "do not trust (entropy > 0.30 nats: red line)"
 
 
 def test_a_replay_of_some_frames_only_shows_those():
