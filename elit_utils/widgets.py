@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
+from .errors import BadValueError
 from .locate import AtomTable, locate_atoms
 from .metrics import detection_scores
 from .simulate import DOMAINS, SampleSpec, SimulatedImage, simulate_image
@@ -124,14 +125,19 @@ def ensemble_with_status(status: StatusLine, profile: object, seed: int = 0, dom
     return model
 
 
-def _show(output: widgets.Output, fig: object) -> None:
-    """Replace what ``output`` shows by ``fig``, rendered to PNG here, so that it shows whatever
-    matplotlib backend the kernel runs (inline, ipympl, or Agg when headless)."""
+def _png(fig: object) -> bytes:
+    """``fig`` rendered to PNG here (and closed), so that it shows whatever matplotlib backend the
+    kernel runs (inline, ipympl, or Agg when headless)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def _show(output: widgets.Output, fig: object | bytes) -> None:
+    """Replace what ``output`` shows by ``fig`` (a figure, or a PNG :func:`_png` made)."""
     output.outputs = ()
-    output.append_display_data(Image(data=buffer.getvalue(), format="png"))
+    output.append_display_data(Image(data=fig if isinstance(fig, bytes) else _png(fig), format="png"))
 
 
 class SimulationPreview:
@@ -416,3 +422,154 @@ def round_explorer(
     explorer = RoundExplorer(image, rounds, history, sampling_A_per_px)
     display(explorer.widget)
     return explorer
+
+
+#: The log keys the stream replay shows (each line of :func:`~elit_utils.stream.run_policy`'s log has them).
+REPLAY_KEYS = ("frame", "time_s", "segment", "drifted", "model", "decision", "n_atoms", "f1", "error_estimate", "error_flag")
+
+
+def _checked_policy_log(name: str, log: list[dict], atoms: dict[int, AtomTable]) -> list[int]:
+    """The frames of one policy's log; a :class:`~elit_utils.errors.BadValueError` when it is empty,
+    lacks a key the replay shows, or its atoms are missing or of another run."""
+    if not log:
+        raise BadValueError(f"the {name!r} log is empty; play the session with run_policy before replaying it")
+    missing = [key for key in REPLAY_KEYS if key not in log[0]]
+    if missing:
+        raise BadValueError(f"the {name!r} log lacks {', '.join(missing)}; replay a log written by stream.run_policy")
+    lacking = [line["frame"] for line in log if line["frame"] not in atoms]
+    if lacking:
+        remedy = f"pass run_policy(..., atoms_out=atoms_by_policy[{name!r}]) when playing the session"
+        raise BadValueError(f"no atoms of the {name!r} policy for frames {lacking}; {remedy}")
+    for line in log:
+        if len(atoms[line["frame"]]) != line["n_atoms"]:
+            found = f"the {name!r} atoms of frame {line['frame']} hold {len(atoms[line['frame']])} atoms, its log {line['n_atoms']}"
+            raise BadValueError(f"{found}; pass the atoms_out of the same run")
+    return [line["frame"] for line in log]
+
+
+def _checked_replay(session: object, logs: dict[str, list[dict]], atoms_by_policy: dict[str, dict[int, AtomTable]], entropy_limit_nats: float) -> list[int]:
+    """The frames of a replay, in order; a :class:`~elit_utils.errors.BadValueError` naming the policy and frame when the inputs do not fit together."""
+    from .stream import MicroscopeStream
+
+    if not isinstance(session, MicroscopeStream):
+        raise BadValueError(f"the replay shows the frames of a MicroscopeStream (the session the logs were played on), got {type(session).__name__}")
+    if not (isinstance(entropy_limit_nats, (int, float)) and 0 <= entropy_limit_nats <= np.log(2)):
+        raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (e.g. monitor.entropy_limit_nats), got {entropy_limit_nats!r}")
+    if not logs:
+        raise BadValueError("no logs to replay; pass {policy name: run_policy(...) log}")
+    first = next(iter(logs))
+    frames = _checked_policy_log(first, logs[first], atoms_by_policy.get(first, {}))
+    for name, log in logs.items():
+        mine = _checked_policy_log(name, log, atoms_by_policy.get(name, {}))
+        if mine != frames:
+            raise BadValueError(f"the {name!r} log covers frames {mine} but {first!r} covers {frames}; replay policies played on the same frames")
+    interval_s = session.scenario.frame_interval_s
+    for line in logs[first]:
+        if not (0 <= line["frame"] < len(session) and np.isclose(line["time_s"], line["frame"] * interval_s)):
+            raise BadValueError(
+                f"frame {line['frame']} at {line['time_s']:g} s is not a frame of this session ({len(session)} frames, one every {interval_s:g} s); "
+                "replay with the session the logs were played on"
+            )
+    return frames
+
+
+class StreamReplay:
+    """Replay a microscope session frame by frame: what each policy's ensemble found, and what it decided.
+
+    ``logs`` maps a policy name to its :func:`~elit_utils.stream.run_policy` log and ``atoms_by_policy``
+    a policy name to the ``atoms_out`` that run filled (frame -> :class:`~elit_utils.locate.AtomTable`).
+    A slider (time in min and segment) moves over the logged frames; one panel per policy shows the
+    frame (``session.frame(k)``) with that policy's atoms as rings coloured by entropy (nats), those
+    above ``entropy_limit_nats`` crossed out in red: do not trust them. Each panel's title gives the
+    policy's state on the frame (model in use, decision, F1); ``summary`` the frame's time, segment and
+    each policy's frame error estimate and flag. ``titles`` holds the panel titles shown now; each frame
+    is drawn once and kept, so moving back is instant. :meth:`figure` draws the frame shown (a static copy).
+
+    >>> from elit_utils.stream import MicroscopeStream, Scenario, Segment
+    >>> session = MicroscopeStream(Scenario((Segment(40.0, name="good"),), image_size_px=64))
+    >>> atoms = AtomTable(np.array([10.0]), np.array([20.0]), 0.1, np.zeros(1), np.array([0.5]), np.zeros(1), np.ones(1))
+    >>> line = {"segment": "good", "drifted": False, "model": "source", "decision": "use", "n_atoms": 1, "error_estimate": 0.5, "error_flag": True}
+    >>> log = [{**line, "frame": k, "time_s": 20.0 * k, "f1": 0.9 - 0.1 * k} for k in (0, 1)]
+    >>> replay = StreamReplay(session, {"static": log}, {"static": {0: atoms, 1: atoms}}, entropy_limit_nats=0.3)
+    >>> replay.position.value = 1
+    >>> replay.titles["static"].splitlines()[1:]
+    ["model source, decision 'use', F1 0.800", '1 of 1 atoms over 0.30 nats']
+    """
+
+    def __init__(self, session: object, logs: dict[str, list[dict]], atoms_by_policy: dict[str, dict[int, AtomTable]], entropy_limit_nats: float) -> None:
+        self.frames = _checked_replay(session, logs, atoms_by_policy, entropy_limit_nats)
+        self.session, self.atoms_by_policy, self.entropy_limit_nats = session, atoms_by_policy, float(entropy_limit_nats)
+        self.lines = {name: {line["frame"]: line for line in log} for name, log in logs.items()}
+        first = next(iter(self.lines.values()))
+        options = [(f"{first[k]['time_s'] / 60:.1f} min · {first[k]['segment']}", k) for k in self.frames]
+        self.position = widgets.SelectionSlider(
+            options=options, description="time", style={"description_width": "initial"}, layout=widgets.Layout(width="640px")
+        )
+        self.play = widgets.Play(interval=1200, min=0, max=len(options) - 1, description="play the session")
+        widgets.jslink((self.play, "value"), (self.position, "index"))
+        self.summary = widgets.HTML()
+        self.output = widgets.Output()
+        self.titles: dict[str, str] = {}
+        self._drawn: dict[int, bytes] = {}
+        self.position.observe(self._redraw, names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.play, self.position]), self.summary, self.output])
+        self._redraw()
+
+    def panel_titles(self, frame: int) -> dict[str, str]:
+        """Each policy's panel title on ``frame``: its state (model in use, decision, F1) and its untrusted atoms."""
+        titles = {}
+        for name, lines in self.lines.items():
+            line, atoms = lines[frame], self.atoms_by_policy[name][frame]
+            untrusted = int((atoms.entropy > self.entropy_limit_nats).sum())
+            titles[name] = (
+                f"{name}\nmodel {line['model']}, decision '{line['decision']}', F1 {line['f1']:.3f}\n"
+                f"{untrusted} of {len(atoms)} atoms over {self.entropy_limit_nats:.2f} nats"
+            )
+        return titles
+
+    def describe(self, frame: int) -> str:
+        """The line above the panels: the frame's time, segment, and each policy's frame error estimate and flag."""
+        first = next(iter(self.lines.values()))[frame]
+        estimates = []
+        for name, lines in self.lines.items():
+            line = lines[frame]
+            shown = "n/a" if line["error_estimate"] is None else f"{line['error_estimate']:.1%}"
+            flag = {True: " <b>flagged</b>", False: " not flagged", None: ""}[line["error_flag"]]
+            estimates.append(f"{html.escape(name)} {shown}{flag}")
+        drifted = "drifted" if first["drifted"] else "not drifted"
+        return (
+            f"frame {frame} at <b>{first['time_s'] / 60:.1f} min</b>, segment '{html.escape(first['segment'])}' ({drifted}). "
+            f"Frame error estimate (share of uncertain atoms) as each policy's model reads it: {'; '.join(estimates)}"
+        )
+
+    def figure(self, frame: int | None = None) -> plt.Figure:
+        """The panels of ``frame`` (default: the frame shown) as a matplotlib figure, e.g. to save."""
+        frame = self.position.value if frame is None else frame
+        shot = self.session.frame(frame)
+        titles = self.panel_titles(frame)
+        fig, axes = plt.subplots(1, len(titles), figsize=(4.6 * len(titles), 4.8), squeeze=False)
+        for ax, (name, title) in zip(axes[0], titles.items()):
+            atoms = self.atoms_by_policy[name][frame]
+            draw_atoms_with_uncertainty(ax, shot.image, atoms.rows_px, atoms.cols_px, atoms.entropy, shot.sampling_A_per_px, title, "entropy", vmax=np.log(2))
+            fig.axes[-1].axhline(self.entropy_limit_nats, color="#d62728", lw=2)  # the limit on the colour bar just drawn
+            untrusted = atoms.entropy > self.entropy_limit_nats
+            label = f"do not trust (entropy > {self.entropy_limit_nats:.2f} nats: red line)"
+            ax.scatter(atoms.cols_px[untrusted], atoms.rows_px[untrusted], marker="x", s=70, linewidths=1.8, color="#d62728", label=label)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False)
+        fig.tight_layout()
+        return fig
+
+    def _redraw(self, change: object = None) -> None:
+        frame = self.position.value
+        self.titles = self.panel_titles(frame)
+        self.summary.value = self.describe(frame)
+        if frame not in self._drawn:
+            self._drawn[frame] = _png(self.figure(frame))
+        _show(self.output, self._drawn[frame])
+
+
+def stream_replay(session: object, logs: dict[str, list[dict]], atoms_by_policy: dict[str, dict[int, AtomTable]], entropy_limit_nats: float) -> StreamReplay:
+    """Build and display the stream replay (returned so that tests can move it)."""
+    replay = StreamReplay(session, logs, atoms_by_policy, entropy_limit_nats)
+    display(replay.widget)
+    return replay
