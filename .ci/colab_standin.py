@@ -149,13 +149,30 @@ def run_notebooks_alone(python: Path, work: Path, only: str | None) -> list[tupl
 
 
 def widget_tests(python: Path, work: Path) -> None:
-    """The widget tests against the installed wheel under ipywidgets 7.7 (a copy of tests/, no checkout on the path)."""
+    """The widget tests (and the stream replay's) against the installed wheel under ipywidgets 7.7 (a copy of tests/, no checkout on the path)."""
     copy = work / "widget-tests"
     shutil.copytree(REPO / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__", "browser"))
     version = subprocess.run([str(python), "-c", "import ipywidgets; print(ipywidgets.__version__)"], capture_output=True, text=True, check=True)
     print(f"widget tests with ipywidgets {version.stdout.strip()}")
     env = {**os.environ, "MPLBACKEND": "Agg", "ELIT_PROFILE": "smoke"}
-    run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(copy), "tests/test_widgets_viz.py"], cwd=copy, env=env)
+    run(
+        [
+            str(python),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(copy),
+            "tests/test_widgets_viz.py",
+            "tests/test_stream_replay.py",
+        ],
+        cwd=copy,
+        env=env,
+    )
 
 
 def main() -> int:

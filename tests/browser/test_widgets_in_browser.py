@@ -130,13 +130,15 @@ def run_all_cells(page: object, url: str, timeout_s: float = 300) -> None:
     """Open a notebook in JupyterLab, run every cell, and wait until the last cell has printed the versions.
 
     "Run All Cells" is clicked again when no cell has started after 20 s (a kernel still connecting
-    can drop the first request).
+    can drop the first request). On a loaded machine JupyterLab may ask which kernel to start (its
+    "Select Kernel" dialog, seen in CI); the kernel it proposes, the notebook's own, is accepted.
     """
     page.goto(url)
     notebook = page.locator(".jp-NotebookPanel:visible").first
     notebook.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=120_000)
     started = notebook.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
     for _ in range(3):
+        accept_kernel_dialog(page)
         page.locator("li.lm-MenuBar-item", has_text="Run").first.click()
         page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
         try:
@@ -145,6 +147,14 @@ def run_all_cells(page: object, url: str, timeout_s: float = 300) -> None:
         except playwright.TimeoutError:
             continue
     notebook.locator(".jp-OutputArea-output", has_text="elit-lab").last.wait_for(timeout=timeout_s * 1000)
+
+
+def accept_kernel_dialog(page: object) -> None:
+    """Accept JupyterLab's "Select Kernel" dialog, if it is open, with the kernel it proposes."""
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if dialog.count() and dialog.first.is_visible():
+        dialog.first.locator(".jp-mod-accept").first.click()
+        dialog.first.wait_for(state="hidden", timeout=30_000)
 
 
 def stop_kernels(api: str) -> None:
