@@ -21,7 +21,9 @@ Policies decide on each frame what to do with the model: :class:`StaticPolicy` (
 flags). :func:`run_policy` plays a stream through one of them, showing it only what a microscope has
 (:class:`FrameReading`: no truth), adapting when it asks and swapping the adapted model in when the
 adaptation would be done in stream time (simulated concurrency on one CPU), and scoring each frame
-against its hidden truth afterwards; :func:`summarise_policies` compares their logs.
+against its hidden truth afterwards; :func:`summarise_policies` compares their logs, and
+:func:`profile_stream` gives a run profile's session (frame size, adaptation, trigger) as notebook 09
+plays it.
 
 Example
 -------
