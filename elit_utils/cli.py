@@ -1002,19 +1002,17 @@ WATCH_LOG_FILE = "decisions.jsonl"
 #: A file in the watched folder is read once its size and modification time have stayed the same for this long, s
 #: (a microscope may still be writing it).
 SETTLE_S = 1.0
-#: Fresh simulated source frames that fit a model's frame error monitor (of the watched frames' size) and an adapted model's
+#: Fresh simulated source frames (seeded ``ood.MONITOR_SEED``) that fit a model's frame error monitor (of the watched frames' size) and an adapted model's
 #: shift detector (of the profile's size, as ``elit train`` fits it).
 MONITOR_FRAMES = 40
-#: Their seed: not the training frames' (seed 0), nor those of train's shift detector (4000).
-MONITOR_SEED = 4100
 
 
 @dataclass
 class _WatchState:
-    """Where a watch run stands, replayed from its log: the model in use, the trigger's run, frames collected to adapt on."""
+    """Where a watch run stands, replayed from its log: the model in use, the trigger's run of flagged frames, frames collected to adapt on."""
 
     model: Path
-    run: int = 0
+    run_files: list[str] = dataclasses.field(default_factory=list)
     collecting: list[str] | None = None
     adaptations: int = 0
     done: set[str] = dataclasses.field(default_factory=set)
@@ -1068,16 +1066,23 @@ def _replay(lines: list[dict], model: Path, out: Path) -> _WatchState:
     state = _WatchState(model.absolute())
     for line in lines:
         if line.get("event") == "swap":
-            state.model, state.collecting, state.run, state.adaptations = Path(line["model"]), None, 0, state.adaptations + 1
+            state.model, state.collecting, state.run_files, state.adaptations = Path(line["model"]), None, [], state.adaptations + 1
         elif line.get("event") == "frame":
             if line["decision"] == "unreadable" or (out / f"{line['file']}.csv").is_file():
                 state.done.add(line["file"])
-            state.run = line.get("run_over_limit", 0)
-            if line["decision"] == "trigger":
-                state.collecting = []
-            elif line["decision"] == "collect" and state.collecting is not None:
-                state.collecting.append(line["file"])
+            _collect(state, line)
     return state
+
+
+def _collect(state: _WatchState, entry: dict) -> None:
+    """Update the trigger's run and the frames collected to adapt on with one frame's log entry (as it is written, or replayed)."""
+    decision = entry["decision"]
+    if decision == "trigger":  # the run of flagged frames that fired it is adapted on first
+        state.collecting, state.run_files = list(entry["adapt_on"]), []
+    elif decision == "collect" and state.collecting is not None:
+        state.collecting.append(entry["file"])
+    elif decision in ("use", "flag"):
+        state.run_files = [*state.run_files, entry["file"]] if entry["over_limit"] else []
 
 
 def _ready_files(folder: Path, done: set[str], seen: dict[str, tuple[int, int]]) -> tuple[list[Path], bool]:
@@ -1113,15 +1118,14 @@ def _watched_model(model: Path) -> tuple[Any, Any, Any]:
 def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
     """The model's frame error monitor for frames of this one's size (at the model's pixel size), fitted on as many
     fresh source frames of that size, and saved beside the members, when it has none for that size."""
-    from .ood import ERROR_MONITOR_FILE, ensure_frame_error_monitor
+    from .ood import MONITOR_SEED, ensure_frame_error_monitor, error_monitor_path, monitor_side_px
 
-    height, width = frame.image.shape
-    side = max(MIN_SIDE_PX, round(math.sqrt(height * width) * frame.sampling_A_per_px / ensemble.sampling_A_per_px))
+    side = monitor_side_px(frame.image.shape, frame.sampling_A_per_px, ensemble.sampling_A_per_px)
     monitor, fitted = ensure_frame_error_monitor(ensemble, MONITOR_FRAMES, MONITOR_SEED, side)
     if fitted:
         _say(
-            f"Frame error monitor fitted on {MONITOR_FRAMES} fresh source frames of {side} px (flags {monitor.false_alarm_rate:.0%} of them: "
-            f"estimate over {monitor.estimate_limit:.3f}) -> {_shown(Path(ensemble.folder) / ERROR_MONITOR_FILE)}"
+            f"Frame error monitor fitted on {MONITOR_FRAMES} fresh source frames of {side} px (over {monitor.estimate_limit:.3f} in "
+            f"{monitor.false_alarm_rate:.0%} of them; flags a frame over {monitor.flag_limit:.3f}) -> {_shown(error_monitor_path(ensemble.folder, side))}"
         )
     return monitor
 
@@ -1135,7 +1139,7 @@ def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, 
     try:
         frame = _load_frames([path], args, ensemble.sampling_A_per_px)[0]
     except (BadImageError, BadValueError) as error:
-        return {**entry, "decision": "unreadable", "error": _message(error), "run_over_limit": state.run}
+        return {**entry, "decision": "unreadable", "error": _message(error), "run_over_limit": len(state.run_files)}
     monitor = _frame_monitor(ensemble, frame)
     prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
     atoms, untrusted = _frame_atoms(prediction, args.threshold, trust)
@@ -1145,19 +1149,20 @@ def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, 
     estimate = monitor.estimate(atoms.entropy)
     over = monitor.flags(estimate)
     shift = float(detector.score(features)[0]) if detector is not None else None
-    trigger = Trigger(args.trigger_frames, run=state.run)
-    decision = triggered_decision(over, trigger, collecting=state.collecting is not None)
-    state.run = trigger.run
+    trigger = Trigger(args.trigger_frames, flagged=list(state.run_files))
+    decision = triggered_decision(over, trigger, collecting=state.collecting is not None, frame=entry["file"])
+    adapt_on = {"adapt_on": list(trigger.fired_on[-args.adapt_frames :])} if decision == "trigger" else {}
     return {
         **entry,
         "n_atoms": len(atoms),
         "shift_score": shift,
         "shift_flag": None if detector is None else bool(shift > detector.limit),
         "error_estimate": estimate,
-        "error_limit": monitor.estimate_limit,
+        "error_limit": monitor.flag_limit,
         "over_limit": over,
-        "run_over_limit": state.run,
+        "run_over_limit": trigger.run,
         "decision": decision,
+        **adapt_on,
     }
 
 
@@ -1171,7 +1176,7 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
     """Adapt the model in use to the collected frames (resuming rounds already on disk), fit its shift detector on
     fresh source frames, log the swap, and return the adapted model (its frame error monitor is fitted at its first frame)."""
     from .config import get_profile
-    from .ood import ensure_shift_detector, member_fingerprint
+    from .ood import MONITOR_SEED, ensure_shift_detector, member_fingerprint
 
     index = state.adaptations + 1
     adapt_out = out.absolute() / "models" / f"adapt_{index:03d}"  # absolute, so that a restart from elsewhere finds it
@@ -1187,7 +1192,7 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
     swap = {"event": "swap", "time": _now(), "model": _shown(adapted), "previous_model": _shown(state.model), "frames": list(state.collecting)}
     _append_line(log, {**swap, "members": member_fingerprint(model[0]), "seconds": round(seconds, 2)})
     _say(f"Swapped in the adapted model {_shown(adapted)} ({seconds:.0f} s)")
-    state.model, state.collecting, state.run, state.adaptations = adapted, None, 0, index
+    state.model, state.collecting, state.run_files, state.adaptations = adapted, None, [], index
     return model
 
 
@@ -1244,10 +1249,7 @@ def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path
                 entry = _watch_frame(ready[0], args, out, in_use, state)
                 _append_line(log, entry)
                 state.done.add(entry["file"])
-                if entry["decision"] == "trigger":
-                    state.collecting = []
-                elif entry["decision"] == "collect":
-                    state.collecting.append(entry["file"])
+                _collect(state, entry)
                 _say(_watch_line(entry))
             if args.once and not ready and not waiting and not (state.collecting is not None and len(state.collecting) >= args.adapt_frames):
                 break
@@ -1406,9 +1408,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="process frames as they appear in a folder: atoms per frame, a decisions log, and adapting when the frames' atoms stay doubtful",
         description="Process image files as a microscope writes them into FOLDER (each once its size has settled): NAME.csv per frame "
         f"(as elit predict writes it) and one line per frame in {WATCH_LOG_FILE} (atoms, shift score, error estimate, trigger, decision). "
-        "When --trigger-frames frames in a row have an error estimate over the limit set on source frames, the next --adapt-frames "
-        "frames are collected (and read with the model in use), the model is adapted to them into --out/models/, and the adapted model "
-        "is swapped in (frames wait while it adapts). Stop it with Ctrl-C or SIGTERM; the same command goes on where it stopped.",
+        "When --trigger-frames frames in a row have an error estimate over the model's flag limit (the limit set on source frames, "
+        "or 10%% of the atoms uncertain if higher), those frames and as many next ones as make --adapt-frames are collected (and read with "
+        "the model in use), the model is adapted to them into --out/models/, and the adapted model is swapped in (frames wait while it "
+        "adapts). Stop it with Ctrl-C or SIGTERM; the same command goes on where it stopped.",
     )
     watch.add_argument("folder", help="the folder frames appear in (.npy .tif .png .h5 .dm3 .dm4 .emd; others are ignored)")
     _add_frame_options(watch, "frame")
@@ -1417,7 +1420,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--once", action="store_true", help="process the frames there now and exit")
     watch.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
     watch.add_argument("--trigger-frames", type=_whole(1, 1000), default=3, help="flagged frames in a row that trigger adapting (default: 3)")
-    watch.add_argument("--adapt-frames", type=_whole(1, 1000), default=8, help="frames collected after a trigger to adapt on (default: 8)")
+    watch.add_argument("--adapt-frames", type=_whole(1, 1000), default=8, help="frames to adapt on, the flagged run that fired the trigger first (default: 8)")
     watch.add_argument("--rounds", type=_whole(1, MAX_ROUNDS), default=2, help="rounds of each adaptation (default: 2)")
     watch.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=50, help="fine-tuning steps per member and round (default: 50)")
     watch.add_argument("--no-source", action="store_true", help="do not mix simulated source frames into fine-tuning")

@@ -53,9 +53,10 @@ SHIFT_DETECTOR_FILE = "shift_detector.safetensors"
 #: like the shift detector, used by ``elit predict``, deleted by a resize.
 TRUST_REGIONS_FILE = "trust_regions.json"
 
-#: The frame error monitor's limits in a model folder (JSON, :class:`~elit_utils.ood.FrameErrorMonitor`), fitted on
-#: fresh source frames when first needed (``elit watch``), refused once the members change.
-ERROR_MONITOR_FILE = "error_monitor.json"
+#: The frame error monitor's limits in a model folder (JSON, :class:`~elit_utils.ood.FrameErrorMonitor`), one file per
+#: size of the frames judged, fitted on fresh source frames of that size when first needed (``elit watch``, notebook 09),
+#: refused once the members change.
+ERROR_MONITOR_FILE = "error_monitor_{image_size_px}px.json"
 
 #: The most pixels a frame may have once resampled to a model's pixel size (4096 x 4096): a pixel
 #: size in the wrong unit would otherwise make a frame that takes hours and gigabytes to predict.

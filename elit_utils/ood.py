@@ -973,6 +973,18 @@ def uncertain_atom_share(atom_entropy: np.ndarray, entropy_limit_nats: float) ->
 #: The fewest fresh source frames a :class:`FrameErrorMonitor` is fitted on (half set the atoms' limit, half the frames').
 MIN_MONITOR_FRAMES = 4
 
+#: The seed of the fresh source frames a model's frame error monitor is fitted on when first needed (``elit watch``,
+#: :func:`~elit_utils.stream.run_policy`): not the training frames' (seed 0), nor those of ``elit train``'s shift detector (4000).
+MONITOR_SEED = 4100
+
+#: The least uncertain-atom share a :class:`FrameErrorMonitor` flags, however low its limit from source frames: the share
+#: worth acting on. An uncertain atom is about a coin toss (right or wrong), so a frame whose atoms are uncertain in
+#: a share ``u`` has lost about ``u / 2`` of its F1 to them: 0.10 flags frames read at F1 below about 0.95. A limit set
+#: on source frames alone flags whatever is statistically unusual, including a finer pixel size or an astigmatic probe
+#: that leaves 3-6 of 60 atoms uncertain and every atom found: "different", not "wrong" (measured on the quick
+#: ensemble in notebook 09's session, where the lost F1 was 0.43-1.1 times u / 2, median 0.56, on the misread frames).
+MIN_UNCERTAIN_SHARE = 0.10
+
 
 @dataclass(frozen=True)
 class FrameErrorMonitor:
@@ -993,14 +1005,18 @@ class FrameErrorMonitor:
     ``members``: the members it was fitted on (seed -> weights sha256, :func:`member_fingerprint`);
     loading it beside other members is refused, as for the shift detector and trust regions.
     ``image_size_px``: the side of the source frames it was fitted on. Fit it on frames of the size
-    it will judge: a smaller frame has a larger share of its atoms at the edges and fewer atoms,
-    so its estimate is higher and spreads wider (on the smoke ensemble, the limit set on 128 px
-    frames was ten times that set on 256 px frames).
+    it will judge (:func:`monitor_side_px`): a smaller frame has a larger share of its atoms at the
+    edges and fewer atoms, so its estimate is higher and spreads wider (on the smoke ensemble, the
+    limit set on 128 px frames was ten times that set on 256 px frames).
 
-    >>> monitor = FrameErrorMonitor(entropy_limit_nats=0.3, estimate_limit=0.1)
+    ``min_uncertain_share``: a frame is flagged only when its estimate also exceeds this share
+    (:data:`MIN_UNCERTAIN_SHARE`), so that a flag means a reading worth acting on, not only an
+    unusual one (:attr:`flag_limit`).
+
+    >>> monitor = FrameErrorMonitor(entropy_limit_nats=0.3, estimate_limit=0.05)
     >>> estimate = monitor.estimate(np.array([0.1, 0.2, 0.5, 0.6]))
-    >>> round(estimate, 3), monitor.flags(estimate)
-    (0.501, True)
+    >>> round(estimate, 3), monitor.flag_limit, monitor.flags(estimate), monitor.flags(0.08)
+    (0.501, 0.1, True, False)
     """
 
     entropy_limit_nats: float
@@ -1010,12 +1026,14 @@ class FrameErrorMonitor:
     n_source_frames: int | None = None
     members: dict[str, str] | None = None
     image_size_px: int | None = None
+    min_uncertain_share: float = MIN_UNCERTAIN_SHARE
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.entropy_limit_nats) and 0 <= self.entropy_limit_nats <= np.log(2)):
             raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (a binary entropy), got {self.entropy_limit_nats}")
-        if not (np.isfinite(self.estimate_limit) and 0 <= self.estimate_limit <= 1):
-            raise BadValueError(f"estimate_limit is a share of a frame's atoms, in [0, 1], got {self.estimate_limit}")
+        for name in ("estimate_limit", "min_uncertain_share"):
+            if not (np.isfinite(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise BadValueError(f"{name} is a share of a frame's atoms, in [0, 1], got {getattr(self, name)}")
         for name in ("false_alarm_rate", "quantile"):
             if not 0 < getattr(self, name) < 1:
                 raise BadValueError(f"{name} must lie strictly between 0 and 1, got {getattr(self, name)}")
@@ -1031,16 +1049,29 @@ class FrameErrorMonitor:
             return 1.0
         return float(((entropy > self.entropy_limit_nats).sum() + entropy.mean() / np.log(2)) / (len(entropy) + 1))
 
+    @property
+    def flag_limit(self) -> float:
+        """The estimate a frame must exceed to be flagged: the limit from source frames, or the share worth acting on if higher."""
+        return max(self.estimate_limit, self.min_uncertain_share)
+
     def flags(self, estimate: float) -> bool:
-        """True when the estimate exceeds the limit: the frame's atoms are doubtful."""
-        return bool(estimate > self.estimate_limit)
+        """True when the estimate exceeds :attr:`flag_limit`: the frame's atoms are doubtful enough to act on."""
+        return bool(estimate > self.flag_limit)
 
     @classmethod
-    def fit(cls, frame_entropies: list[np.ndarray], false_alarm_rate: float = FALSE_ALARM_RATE, quantile: float = UNCERTAIN_ATOM_QUANTILE) -> FrameErrorMonitor:
+    def fit(
+        cls,
+        frame_entropies: list[np.ndarray],
+        false_alarm_rate: float = FALSE_ALARM_RATE,
+        quantile: float = UNCERTAIN_ATOM_QUANTILE,
+        min_uncertain_share: float = MIN_UNCERTAIN_SHARE,
+    ) -> FrameErrorMonitor:
         """Fit on fresh source frames, each given as its atoms' entropies (nats); even frames set the entropy limit, odd ones the frame limit.
 
+        Without the least share worth acting on (``min_uncertain_share=0``), the stated share of fresh source frames is flagged:
+
         >>> rng = np.random.default_rng(0)
-        >>> monitor = FrameErrorMonitor.fit([rng.uniform(0, 0.2, 200) for _ in range(400)], false_alarm_rate=0.1)
+        >>> monitor = FrameErrorMonitor.fit([rng.uniform(0, 0.2, 200) for _ in range(400)], false_alarm_rate=0.1, min_uncertain_share=0.0)
         >>> fresh = [monitor.flags(monitor.estimate(rng.uniform(0, 0.2, 200))) for _ in range(400)]
         >>> round(monitor.entropy_limit_nats, 2), float(np.mean(fresh))
         (0.2, 0.0775)
@@ -1053,7 +1084,7 @@ class FrameErrorMonitor:
         atoms = np.concatenate(frames[0::2])
         if len(atoms) == 0 or not np.isfinite(atoms).all():
             raise BadValueError("the source frames hold no atoms with a finite entropy: is the ensemble trained on them?")
-        limited = cls(float(np.quantile(atoms, quantile)), 1.0, false_alarm_rate, quantile, len(frames))
+        limited = cls(float(np.quantile(atoms, quantile)), 1.0, false_alarm_rate, quantile, len(frames), min_uncertain_share=min_uncertain_share)
         estimates = [limited.estimate(e) for e in frames[1::2]]
         return dataclasses.replace(limited, estimate_limit=float(np.quantile(estimates, 1 - false_alarm_rate)))
 
@@ -1068,7 +1099,7 @@ class FrameErrorMonitor:
         """Read what :meth:`save` wrote; with ``ensemble``, refuse one fitted on other members (stale).
 
         >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / ERROR_MONITOR_FILE
+        >>> path = error_monitor_path(tempfile.mkdtemp(), 128)
         >>> FrameErrorMonitor(0.3, 0.05, members={"0": "ab"}).save(path)
         >>> FrameErrorMonitor.load(path).estimate_limit
         0.05
@@ -1097,18 +1128,44 @@ def fit_frame_error_monitor(
     return dataclasses.replace(FrameErrorMonitor.fit(entropies, false_alarm_rate), members=member_fingerprint(ensemble), image_size_px=int(image_size_px))
 
 
-def ensure_frame_error_monitor(ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source") -> tuple[FrameErrorMonitor, bool]:
-    """The frame error monitor of ``ensemble``'s folder, refitted (and saved) when missing, unreadable, stale or
-    fitted on frames of another size than ``image_size_px``; returns it and whether it was (re)fitted."""
-    path = Path(ensemble.folder) / ERROR_MONITOR_FILE
+def error_monitor_path(folder: str | Path, image_size_px: int) -> Path:
+    """Where a model folder keeps its frame error monitor for frames of ``image_size_px`` (one file per size).
+
+    >>> error_monitor_path("model", 128).name
+    'error_monitor_128px.json'
+    """
+    return Path(folder) / ERROR_MONITOR_FILE.format(image_size_px=int(image_size_px))
+
+
+def monitor_side_px(shape: tuple[int, int], sampling_A_per_px: float, model_sampling_A_per_px: float) -> int:
+    """The side (px) of the square source frames a monitor judging a frame of ``shape`` must be fitted on: the same
+    field of view once resampled to the model's pixel size (and atoms as many), at least :data:`MIN_MONITOR_SIDE_PX`.
+
+    >>> monitor_side_px((128, 128), 0.06, 0.1), monitor_side_px((512, 256), 0.1, 0.1)
+    (77, 362)
+    """
+    height, width = shape
+    return max(MIN_MONITOR_SIDE_PX, round(float(np.sqrt(height * width)) * sampling_A_per_px / model_sampling_A_per_px))
+
+
+#: The smallest source frames a monitor is fitted on (px): frames a model can read (``io.MIN_SIDE_PX``).
+MIN_MONITOR_SIDE_PX = 32
+
+
+def ensure_frame_error_monitor(
+    ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
+) -> tuple[FrameErrorMonitor, bool]:
+    """The frame error monitor of ``ensemble``'s folder for frames of ``image_size_px`` (:func:`error_monitor_path`),
+    fitted (and saved) when missing, unreadable, stale or of another false-alarm rate; returns it and whether it was fitted now."""
+    path = error_monitor_path(ensemble.folder, image_size_px)
     if path.exists():
         try:
             monitor = FrameErrorMonitor.load(path, ensemble)
-            if monitor.image_size_px == image_size_px:
+            if monitor.image_size_px == image_size_px and monitor.false_alarm_rate == false_alarm_rate:
                 return monitor, False
         except BadModelFolderError:
             pass  # unreadable or stale: fitted afresh below
-    monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain)
+    monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain, false_alarm_rate)
     monitor.save(path)
     return monitor, True
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import BadValueError
+from .ood import MONITOR_SEED, FrameErrorMonitor
 from .simulate import ImagingConditions, SampleSpec, SimulatedImage, get_domain, simulate_image
 
 #: Fields a segment may change: those of the imaging conditions (but the frame size, which the
@@ -379,29 +380,43 @@ class MicroscopeStream:
 class Trigger:
     """Fires when ``run_frames`` frames in a row are flagged (their error estimate over the limit).
 
-    ``run``: the flagged frames in a row so far. After firing, the run starts again from zero.
-    If each source frame is flagged with probability ``p`` independently, a run of ``K`` flags
-    starts on a given frame with probability about ``p^K``.
+    ``flagged``: the frames of the flagged run so far (whatever stands for a frame: a reading, a file
+    name), oldest first; :attr:`run` counts them. When a frame completes the run, the trigger fires,
+    hands the run over in ``fired_on`` (the frames that fired it: already misread, so the first to
+    adapt on) and starts again from zero. If each source frame is flagged with probability ``p``
+    independently, a run of ``K`` flags starts on a given frame with probability about ``p^K``.
 
     >>> trigger = Trigger(run_frames=2)
-    >>> [trigger.update(flag) for flag in (True, False, True, True, True)]
+    >>> [trigger.update(flag, frame) for frame, flag in enumerate((True, False, True, True, True))]
     [False, False, False, True, False]
+    >>> trigger.fired_on, trigger.run
+    ((2, 3), 1)
     """
 
     run_frames: int = 3
-    run: int = 0
+    flagged: list = field(default_factory=list)
+    fired_on: tuple = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.run_frames, bool) or not isinstance(self.run_frames, (int, np.integer)) or self.run_frames < 1:
             raise BadValueError(f"run_frames must be a whole number of frames >= 1, got {self.run_frames!r}")
+        self.flagged = list(self.flagged)
 
-    def update(self, flagged: bool) -> bool:
-        """Count one more frame; True when this frame completes a run of ``run_frames`` flagged frames."""
-        self.run = self.run + 1 if flagged else 0
-        if self.run >= self.run_frames:
-            self.run = 0
-            return True
-        return False
+    @property
+    def run(self) -> int:
+        """The flagged frames in a row so far."""
+        return len(self.flagged)
+
+    def update(self, flagged: bool, frame: object = None) -> bool:
+        """Count one more ``frame``; True when it completes a run of ``run_frames`` flagged frames."""
+        if not flagged:
+            self.flagged = []
+            return False
+        self.flagged.append(frame)
+        if len(self.flagged) < self.run_frames:
+            return False
+        self.fired_on, self.flagged = tuple(self.flagged), []
+        return True
 
 
 # --------------------------------------------------------------------------- policies
@@ -433,6 +448,8 @@ class FrameReading:
     index, time_s: the frame's number and when it was taken (s).
     image: (H, W) detector output; sampling_A_per_px: its pixel size.
     atoms: the atoms the model in use found, with their uncertainties (:class:`~elit_utils.locate.AtomTable`).
+    error_estimate, error_flag: the frame error estimate of the model in use's monitor (for frames of
+        this one's size) and whether it is over the monitor's flag limit (None without a monitor).
     shift_score, shift_flag: the model's shift detector's score and whether it is over its limit (None without one).
     adapting: an adaptation this policy asked for is still running.
     swapped_in: this is the first frame read by a newly adapted model.
@@ -443,6 +460,8 @@ class FrameReading:
     image: np.ndarray = field(repr=False)
     sampling_A_per_px: float
     atoms: object = field(repr=False)
+    error_estimate: float | None = None
+    error_flag: bool | None = None
     shift_score: float | None = None
     shift_flag: bool | None = None
     adapting: bool = False
@@ -451,12 +470,9 @@ class FrameReading:
 
 @dataclass(frozen=True)
 class Decision:
-    """A policy's answer for one frame: one of :data:`DECISIONS`, the frame error estimate behind it
-    (None for a policy without a monitor), and the frames to adapt on now (empty: none)."""
+    """A policy's answer for one frame: one of :data:`DECISIONS`, and the frames to adapt on now (empty: none)."""
 
     action: str
-    error_estimate: float | None = None
-    error_flag: bool | None = None
     adapt_on: tuple[FrameReading, ...] = ()
 
 
@@ -464,25 +480,15 @@ class Policy:
     """Decides, frame by frame, what to do with the model: the base of :class:`StaticPolicy`,
     :class:`AlwaysRetrainPolicy` and :class:`TriggeredPolicy`.
 
-    ``monitor`` (:class:`~elit_utils.ood.FrameErrorMonitor`, optional for the first two): judges each
-    frame's atoms; its estimate and flag go into the log, so every policy's timeline shows the same signal.
-    :meth:`decide` sees one :class:`FrameReading`; :meth:`reset` forgets the state of a previous run.
+    :meth:`decide` sees one :class:`FrameReading` (the frame error monitor's estimate and flag come
+    in it, judged by the model in use's monitor: :func:`run_policy`); :meth:`reset` forgets the
+    state of a previous run.
     """
 
     name = "policy"
 
-    def __init__(self, monitor: object | None = None) -> None:
-        self.monitor = monitor
-
     def reset(self) -> None:
         """Forget what earlier frames left (called by :func:`run_policy` before a run, so a replay decides alike)."""
-
-    def assess(self, reading: FrameReading) -> tuple[float | None, bool | None]:
-        """The frame's error estimate and flag from the monitor (None, None without one)."""
-        if self.monitor is None:
-            return None, None
-        estimate = self.monitor.estimate(reading.atoms.entropy)
-        return estimate, self.monitor.flags(estimate)
 
     def decide(self, reading: FrameReading) -> Decision:
         """What to do with this frame (see :data:`DECISIONS`)."""
@@ -490,21 +496,18 @@ class Policy:
 
 
 class StaticPolicy(Policy):
-    """Never changes the ensemble; with a monitor, marks doubtful frames "flag".
+    """Never changes the ensemble; marks frames the monitor flags "flag".
 
-    >>> from elit_utils.ood import FrameErrorMonitor
     >>> from elit_utils.locate import AtomTable
-    >>> atoms = AtomTable(*[np.zeros(3)] * 2, 0.1, np.zeros(3), np.array([0.1, 0.6, 0.6]), *[np.zeros(3)] * 2)
-    >>> reading = FrameReading(0, 0.0, np.zeros((8, 8)), 0.1, atoms)
-    >>> StaticPolicy(FrameErrorMonitor(0.3, 0.2)).decide(reading).action, StaticPolicy().decide(reading).action
-    ('flag', 'use')
+    >>> atoms = AtomTable(*[np.zeros(3)] * 7)
+    >>> [StaticPolicy().decide(FrameReading(0, 0.0, np.zeros((8, 8)), 0.1, atoms, 0.6, flag)).action for flag in (True, False, None)]
+    ['flag', 'use', 'use']
     """
 
     name = "static"
 
     def decide(self, reading: FrameReading) -> Decision:
-        estimate, flag = self.assess(reading)
-        return Decision("flag" if flag else "use", estimate, flag)
+        return Decision("flag" if reading.error_flag else "use")
 
 
 class AlwaysRetrainPolicy(Policy):
@@ -521,8 +524,7 @@ class AlwaysRetrainPolicy(Policy):
 
     name = "always retrain"
 
-    def __init__(self, block_frames: int, monitor: object | None = None) -> None:
-        super().__init__(monitor)
+    def __init__(self, block_frames: int) -> None:
         if isinstance(block_frames, bool) or not isinstance(block_frames, (int, np.integer)) or block_frames < 1:
             raise BadValueError(f"block_frames must be a whole number of frames >= 1, got {block_frames!r}")
         self.block_frames = int(block_frames)
@@ -532,94 +534,112 @@ class AlwaysRetrainPolicy(Policy):
         self.block = []
 
     def decide(self, reading: FrameReading) -> Decision:
-        estimate, flag = self.assess(reading)
         self.block.append(reading)
         adapt_on: tuple[FrameReading, ...] = ()
         if len(self.block) == self.block_frames:
             adapt_on, self.block = tuple(self.block), []
-        return Decision("swap" if reading.swapped_in else "collect", estimate, flag, adapt_on)
+        return Decision("swap" if reading.swapped_in else "collect", adapt_on)
 
 
-def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False) -> str:
-    """The ELIT-triggered rule for one frame, in one place (:class:`TriggeredPolicy` and ``elit watch``):
+def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False, frame: object = None) -> str:
+    """The ELIT-triggered rule for one ``frame``, in one place (:class:`TriggeredPolicy` and ``elit watch``):
     "adapting" while an adaptation runs (the trigger waits); "collect" while frames are being collected;
-    else "trigger" when ``trigger`` fires on this frame's flag, "swap" on the first frame of a newly
-    adapted model (whose trigger count starts again), "flag" or "use".
+    else "trigger" when ``trigger`` fires on this frame's flag (its ``fired_on``: the run of flagged
+    frames that fired it, this one last), "swap" on the first frame of a newly adapted model (whose
+    run starts again), "flag" or "use".
 
     >>> trigger = Trigger(run_frames=2)
-    >>> [triggered_decision(flag, trigger, collecting=False) for flag in (True, False, True, True)]
+    >>> [triggered_decision(flag, trigger, collecting=False, frame=k) for k, flag in enumerate((True, False, True, True))]
     ['flag', 'use', 'flag', 'trigger']
+    >>> trigger.fired_on
+    (2, 3)
     >>> triggered_decision(True, trigger, collecting=True), triggered_decision(True, trigger, collecting=False, adapting=True)
     ('collect', 'adapting')
     """
     if adapting:
         return "adapting"
     if swapped_in:
-        trigger.run = 0
+        trigger.flagged = []
     if collecting:
         return "collect"
-    if trigger.update(flagged):
+    if trigger.update(flagged, frame):
         return "trigger"
     return "swap" if swapped_in else "flag" if flagged else "use"
 
 
 class TriggeredPolicy(Policy):
-    """ELIT-triggered: the monitor flags frames; when ``trigger`` fires (its run of flagged frames), the next
-    ``adapt_frames`` frames are collected and handed over to adapt on; the adapted model is swapped in when ready.
+    """ELIT-triggered: the monitor flags frames; when ``trigger`` fires, the run of flagged frames that fired it
+    and as many next frames as make ``adapt_frames`` are handed over to adapt on; the adapted model is swapped in when ready.
 
-    While an adaptation runs, frames are read by the old model ("adapting") and the trigger waits; on
-    the first frame of the new model ("swap") the trigger's count starts again. The same monitor (its
-    limits set on source frames for the starting model) judges the adapted models' frames.
+    The frames that fired the trigger are adapted on first: they are already misread, and waiting for
+    new ones only delays the adapted model. While an adaptation runs, frames are read by the old model
+    ("adapting") and the trigger waits; on the first frame of the new model ("swap") the run starts
+    again, judged by the new model's own monitor (:func:`run_policy`).
 
-    >>> from elit_utils.ood import FrameErrorMonitor
     >>> from elit_utils.locate import AtomTable
-    >>> doubtful = AtomTable(*[np.zeros(2)] * 2, 0.1, np.zeros(2), np.array([0.6, 0.6]), *[np.zeros(2)] * 2)
-    >>> policy = TriggeredPolicy(FrameErrorMonitor(0.3, 0.2), Trigger(run_frames=2), adapt_frames=2)
-    >>> [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, doubtful)).action for k in range(5)]
-    ['flag', 'trigger', 'collect', 'collect', 'flag']
+    >>> atoms = AtomTable(*[np.zeros(2)] * 7)
+    >>> policy = TriggeredPolicy(Trigger(run_frames=2), adapt_frames=3)
+    >>> decisions = [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, atoms, 0.6, True)) for k in range(5)]
+    >>> [d.action for d in decisions], [r.index for r in decisions[2].adapt_on]
+    (['flag', 'trigger', 'collect', 'flag', 'trigger'], [0, 1, 2])
     """
 
     name = "ELIT-triggered"
 
-    def __init__(self, monitor: object, trigger: Trigger, adapt_frames: int) -> None:
-        if monitor is None or not hasattr(monitor, "estimate"):
-            raise BadValueError("TriggeredPolicy needs a frame error monitor (elit_utils.ood.ensure_frame_error_monitor gives the model's)")
+    def __init__(self, trigger: Trigger, adapt_frames: int) -> None:
         if not isinstance(trigger, Trigger):
             raise BadValueError(f"TriggeredPolicy needs a Trigger, got {type(trigger).__name__}")
         if isinstance(adapt_frames, bool) or not isinstance(adapt_frames, (int, np.integer)) or adapt_frames < 1:
             raise BadValueError(f"adapt_frames must be a whole number of frames >= 1, got {adapt_frames!r}")
-        super().__init__(monitor)
         self.trigger = trigger
         self.adapt_frames = int(adapt_frames)
         self.collected: list[FrameReading] | None = None
 
     def reset(self) -> None:
-        self.trigger.run, self.collected = 0, None
+        self.trigger.flagged, self.collected = [], None
 
     def decide(self, reading: FrameReading) -> Decision:
-        estimate, flag = self.assess(reading)
-        action = triggered_decision(flag, self.trigger, self.collected is not None, reading.adapting, reading.swapped_in)
-        adapt_on: tuple[FrameReading, ...] = ()
+        if reading.error_flag is None:
+            raise BadValueError("the ELIT-triggered policy acts on the frame error monitor's flags: pass run_policy(..., monitor=) the model's monitor")
+        action = triggered_decision(reading.error_flag, self.trigger, self.collected is not None, reading.adapting, reading.swapped_in, reading)
         if action == "trigger":
-            self.collected = []
+            self.collected = list(self.trigger.fired_on[-self.adapt_frames :])
         elif action == "collect":
             self.collected.append(reading)
-            if len(self.collected) == self.adapt_frames:
-                adapt_on, self.collected = tuple(self.collected), None
-        return Decision(action, estimate, flag, adapt_on)
+        if action in ("trigger", "collect") and len(self.collected) == self.adapt_frames:
+            adapt_on, self.collected = tuple(self.collected), None
+            return Decision(action, adapt_on)
+        return Decision(action)
 
 
 @dataclass
 class _Model:
-    """A model a run reads frames with: its name in the log, the ensemble, its shift detector and trust regions (None without)."""
+    """A model a run reads frames with: its name in the log, the ensemble, its shift detector and trust regions (None
+    without), and its frame error monitors by frame size (px; None: the run has no monitor)."""
 
     name: str
     ensemble: object
     detector: object | None
     trust: object | None
+    monitors: dict[int, object] | None = None
+
+    def judge(self, atoms: object, shape: tuple[int, int], sampling_A_per_px: float, like: object, seed: int) -> tuple[float, bool, float] | None:
+        """The frame's error estimate, flag and flag limit by this model's monitor for frames of its field of view
+        (fitted on fresh source frames the first time, as ``like`` was: :func:`~elit_utils.ood.ensure_frame_error_monitor`); None without monitors."""
+        if self.monitors is None:
+            return None
+        from .ood import ensure_frame_error_monitor, monitor_side_px
+
+        side = monitor_side_px(shape, sampling_A_per_px, self.ensemble.sampling_A_per_px)
+        if side not in self.monitors:
+            fitted, _ = ensure_frame_error_monitor(self.ensemble, like.n_source_frames, seed, side, false_alarm_rate=like.false_alarm_rate)
+            self.monitors[side] = dataclasses.replace(fitted, min_uncertain_share=like.min_uncertain_share)
+        monitor = self.monitors[side]
+        estimate = monitor.estimate(atoms.entropy)
+        return estimate, monitor.flags(estimate), monitor.flag_limit
 
 
-def _model(name: str, ensemble: object) -> _Model:
+def _model(name: str, ensemble: object, monitors: dict[int, object] | None) -> _Model:
     """The ensemble with the shift detector and trust regions its folder holds (checked against its members)."""
     from pathlib import Path
 
@@ -630,7 +650,7 @@ def _model(name: str, ensemble: object) -> _Model:
     folder = Path(ensemble.folder)
     detector = ShiftDetector.load(folder / SHIFT_DETECTOR_FILE, ensemble=ensemble) if (folder / SHIFT_DETECTOR_FILE).exists() else None
     trust = TrustRegions.load(folder / TRUST_REGIONS_FILE, ensemble=ensemble) if (folder / TRUST_REGIONS_FILE).exists() else None
-    return _Model(name, ensemble, detector, trust)
+    return _Model(name, ensemble, detector, trust, monitors)
 
 
 def _checked_indices(frames: object, n_frames: int) -> list[int]:
@@ -669,6 +689,8 @@ def run_policy(
     frames: object = None,
     *,
     out_dir: object,
+    monitor: object | None = None,
+    monitor_seed: int = MONITOR_SEED,
     source: tuple[np.ndarray, np.ndarray] | None = None,
     threshold: float = 0.5,
     member_iterations_per_s: float | None = None,
@@ -676,8 +698,16 @@ def run_policy(
 ) -> list[dict]:
     """Play ``stream`` frame by frame through ``policy``, starting from ``ensemble``; one log line (a dict) per frame.
 
-    Each frame is read by the model in use (atoms, shift score), the policy decides from that
-    :class:`FrameReading` alone, and only then is the frame scored against its hidden truth.
+    Each frame is read by the model in use (atoms, frame error estimate and flag, shift score), the
+    policy decides from that :class:`FrameReading` alone, and only then is the frame scored against
+    its hidden truth.
+
+    ``monitor`` (:class:`~elit_utils.ood.FrameErrorMonitor`, needed by :class:`TriggeredPolicy`):
+    the starting model's, for frames of its ``image_size_px``. Every model is judged by monitors of
+    its own, fitted as this one was (as many fresh source frames, seeded ``monitor_seed``, the same
+    false-alarm rate and least share worth acting on) on frames of each field of view the stream
+    shows (:func:`~elit_utils.ood.monitor_side_px`): an adapted model's limits are its own, and a
+    frame of finer pixels (fewer atoms once resampled) is judged against source frames as small.
     When a decision hands frames over, :func:`~elit_utils.iterate.adapt` (``adapt_config``;
     ``source``: labelled frames mixed in) adapts the newest model to them into
     ``out_dir/adapt_001``, ``adapt_002``, ... (never into the source model's folder; a rerun into the
@@ -691,14 +721,15 @@ def run_policy(
 
     Log line: ``frame``, ``time_s``, ``segment``, ``drifted`` (the scenario's, for scoring), ``policy``,
     ``model`` (:data:`SOURCE_MODEL` or ``adapt_k``), ``decision``, ``n_atoms``, ``error_estimate``,
-    ``error_flag``, ``shift_score``, ``shift_flag``, ``adapt_on_frames`` (the frames an adaptation starting
-    now adapts on; empty: none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
+    ``error_flag``, ``error_limit`` (the monitor's flag limit), ``shift_score``, ``shift_flag``,
+    ``shift_limit``, ``adapt_on_frames`` (the frames an adaptation starting now adapts on; empty:
+    none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
     ``trusted_share`` and ``trusted_precision`` (only with trust regions), and cumulative
     adaptation compute: ``compute_s``, ``member_iterations``, ``adaptations`` (reading a frame costs
     every policy the same and is not counted). ``atoms_out``, a dict, receives each frame's atoms
     (frame index -> :class:`~elit_utils.locate.AtomTable` of the model in use), for a replay.
 
-    >>> log = run_policy(MicroscopeStream(), model, StaticPolicy(), AdaptConfig(), frames=range(6), out_dir="policies/static")  # doctest: +SKIP
+    >>> log = run_policy(MicroscopeStream(), model, StaticPolicy(), AdaptConfig(), range(6), out_dir="static", monitor=monitor)  # doctest: +SKIP
     """
     import time
     from pathlib import Path
@@ -718,9 +749,15 @@ def run_policy(
     model_folder = Path(ensemble.folder).absolute()
     if out == model_folder or model_folder in out.parents:
         raise BadValueError(f"out_dir {out} lies in the model folder {model_folder}; choose a folder outside it for the adapted models.")
+    if monitor is not None and not isinstance(monitor, FrameErrorMonitor):
+        raise BadValueError(f"monitor must be a FrameErrorMonitor (elit_utils.ood.ensure_frame_error_monitor gives the model's), got {type(monitor).__name__}")
     indices = _checked_indices(frames, len(stream))
     policy.reset()
-    in_use = latest = _model(SOURCE_MODEL, ensemble)
+
+    def monitors(first: bool) -> dict[int, object] | None:  # the starting model's given monitor, for frames of its size
+        return None if monitor is None else {monitor.image_size_px: monitor} if first and monitor.image_size_px else {}
+
+    in_use = latest = _model(SOURCE_MODEL, ensemble, monitors(first=True))
     pending: list[tuple[float, _Model]] = []  # (ready at, model), in order
     spent_s, member_iterations, adaptations, log = 0.0, 0, 0, []
     for index in indices:
@@ -730,9 +767,13 @@ def run_policy(
             in_use, swapped = pending.pop(0)[1], True
         prediction, features = in_use.ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
         atoms = locate_atoms(prediction, threshold=threshold)
+        judged = in_use.judge(atoms, frame.image.shape, frame.sampling_A_per_px, monitor, monitor_seed)
+        estimate, flag, limit = judged if judged is not None else (None, None, None)
         shift = None if in_use.detector is None else float(in_use.detector.score(features)[0])
         shift_flag = None if shift is None else bool(shift > in_use.detector.limit)
-        reading = FrameReading(frame.index, frame.time_s, frame.image, frame.sampling_A_per_px, atoms, shift, shift_flag, bool(pending), swapped)
+        reading = FrameReading(
+            frame.index, frame.time_s, frame.image, frame.sampling_A_per_px, atoms, estimate, flag, shift, shift_flag, bool(pending), swapped
+        )
         decision = policy.decide(reading)
         ready_s = None
         if decision.action not in DECISIONS:
@@ -756,7 +797,7 @@ def run_policy(
             member_iterations += iterations
             lasts_s = seconds if member_iterations_per_s is None else iterations / member_iterations_per_s
             begins = max(frame.time_s, pending[-1][0] if pending else frame.time_s)
-            latest = _model(name, result.ensemble)
+            latest = _model(name, result.ensemble, monitors(first=False))
             ready_s = begins + lasts_s
             pending.append((ready_s, latest))
         segment = stream.scenario.segments[stream.scenario.segment_at(frame.time_s)]
@@ -769,10 +810,12 @@ def run_policy(
             "model": in_use.name,
             "decision": decision.action,
             "n_atoms": len(atoms),
-            "error_estimate": decision.error_estimate,
-            "error_flag": decision.error_flag,
+            "error_estimate": estimate,
+            "error_flag": flag,
+            "error_limit": limit,
             "shift_score": shift,
             "shift_flag": shift_flag,
+            "shift_limit": None if in_use.detector is None else float(in_use.detector.limit),
             "adapt_on_frames": [r.index for r in decision.adapt_on],
             "adaptation_ready_s": ready_s,
         }

@@ -823,13 +823,13 @@ def _draw_segments(strip: Axes, axes: Sequence[Axes], scenario: object) -> None:
     strip.set_title("the session (grey: drifted, what the source ensemble may misread)", fontsize=8)
 
 
-def plot_stream_timeline(logs: dict[str, list[dict]], scenario: object, error_limit: float, shift_limit: float | None = None) -> Figure:
+def plot_stream_timeline(logs: dict[str, list[dict]], scenario: object) -> Figure:
     """A microscope run as the policies lived it, one shared time axis (minutes; grey bands: the drifted segments of ``scenario``).
 
     Top: the two frame signals as the source ensemble reads each frame (the static policy's log):
-    the frame error estimate with its flag limit ``error_limit`` (what the ELIT-triggered policy acts
-    on) and the shift score with its limit ``shift_limit`` ("different", not "wrong"), each over its
-    own limit so both share one scale. Middle: F1 of each policy's model per frame (scored afterwards
+    the frame error estimate over its flag limit (what the ELIT-triggered policy acts on) and, where
+    the model has a shift detector, the shift score over its limit ("different", not "wrong"), each
+    over the limit logged for that frame, so both share one scale. Middle: F1 of each policy's model per frame (scored afterwards
     against the hidden truth), with the ELIT-triggered policy's triggers (down triangles) and swaps
     (up triangles). Bottom: adaptation compute spent so far, in member-iterations.
 
@@ -837,21 +837,22 @@ def plot_stream_timeline(logs: dict[str, list[dict]], scenario: object, error_li
 
     >>> import matplotlib; matplotlib.use("Agg")
     >>> from elit_utils.stream import Scenario, Segment
-    >>> line = {"segment": "good", "drifted": False, "error_estimate": 0.01, "shift_score": 3.0, "decision": "use", "member_iterations": 0}
+    >>> line = {"segment": "good", "drifted": False, "error_estimate": 0.01, "error_limit": 0.1, "shift_score": 3.0, "shift_limit": 10.0}
+    >>> line |= {"decision": "use", "member_iterations": 0}
     >>> log = [{**line, "frame": k, "time_s": 20.0 * k, "f1": 1.0, "model": "source"} for k in range(3)]
     >>> scenario = Scenario((Segment(60.0, name="good", drifted=False),), frame_interval_s=20.0, image_size_px=64)
-    >>> [ax.get_ylabel() for ax in plot_stream_timeline({"static": log}, scenario, 0.02, 10.0).axes]
+    >>> [ax.get_ylabel() for ax in plot_stream_timeline({"static": log}, scenario).axes]
     ['', 'signal / its limit', 'F1 (atoms within 0.5 Å)', 'member-iterations']
     """
     static = logs["static"]
     minutes = np.array([line["time_s"] for line in static]) / 60
     heights = {"height_ratios": [0.32, 1.1, 1.3, 0.8]}
     fig, (strip, signals, f1, compute) = plt.subplots(4, 1, figsize=(9.5, 8.0), sharex=True, gridspec_kw=heights)
-    error = np.array([line["error_estimate"] for line in static], float) / error_limit
+    error = np.array([line["error_estimate"] / line["error_limit"] for line in static], float)
     signals.semilogy(minutes, error, color="black", lw=1.6, label="frame error estimate / limit (acted on)")
     ratios = [error]
-    if shift_limit is not None and all(line["shift_score"] is not None for line in static):
-        ratios.append(np.array([line["shift_score"] for line in static], float) / shift_limit)
+    if all(line["shift_score"] is not None for line in static):
+        ratios.append(np.array([line["shift_score"] / line["shift_limit"] for line in static], float))
         signals.semilogy(minutes, ratios[-1], color="#7570b3", lw=1.2, ls="--", label="shift score / limit (different, not wrong)")
     signals.axhline(1.0, color="#d62728", lw=1, label="flag limit")
     signals.set_ylabel("signal / its limit")

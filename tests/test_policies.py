@@ -34,7 +34,7 @@ SHIFTED_HALF = Scenario(
     image_size_px=64,
 )
 ADAPT = AdaptConfig(rounds=1, iterations_per_round=2, batch_size=2, tile_px=64)
-RUN_FRAMES, ADAPT_FRAMES, BLOCK_FRAMES = 2, 2, 4
+RUN_FRAMES, ADAPT_FRAMES, BLOCK_FRAMES = 2, 3, 4
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,11 @@ def model(tmp_path_factory):
 
 
 def _high_limit_monitor(model, tmp_path) -> FrameErrorMonitor:
-    """The model's monitor with its frame limit raised just above every source frame's estimate in the stream."""
+    """The model's monitor with its flag limit just above every source frame's estimate in the stream."""
     ensemble, monitor = model
-    log = run_policy(MicroscopeStream(SHIFTED_HALF), ensemble, StaticPolicy(monitor), ADAPT, out_dir=tmp_path / "probe")
+    log = run_policy(MicroscopeStream(SHIFTED_HALF), ensemble, StaticPolicy(), ADAPT, out_dir=tmp_path / "probe", monitor=monitor)
     source_estimates = [line["error_estimate"] for line in log if not line["drifted"]]
-    return dataclasses.replace(monitor, estimate_limit=min(max(source_estimates) + 0.02, 1.0))
+    return dataclasses.replace(monitor, estimate_limit=min(max(source_estimates) + 0.02, 1.0), min_uncertain_share=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def runs(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("runs")
     high = _high_limit_monitor(model, folder)
     stream = MicroscopeStream(SHIFTED_HALF)
-    policies = [StaticPolicy(monitor), AlwaysRetrainPolicy(BLOCK_FRAMES, monitor), TriggeredPolicy(high, Trigger(RUN_FRAMES), ADAPT_FRAMES)]
-    logs = {policy.name: run_policy(stream, ensemble, policy, ADAPT, out_dir=folder / policy.name) for policy in policies}
+    policies = [(StaticPolicy(), monitor), (AlwaysRetrainPolicy(BLOCK_FRAMES), monitor), (TriggeredPolicy(Trigger(RUN_FRAMES), ADAPT_FRAMES), high)]
+    logs = {policy.name: run_policy(stream, ensemble, policy, ADAPT, out_dir=folder / policy.name, monitor=judge) for policy, judge in policies}
     return logs, high, folder
 
 
@@ -84,7 +84,8 @@ def test_static_never_adapts_and_logs_each_frame_once(runs, model):
     assert {line["model"] for line in log} == {SOURCE_MODEL}
     assert all(0.0 <= line["f1"] <= 1.0 for line in log)
     assert {line["decision"] for line in log} <= {"use", "flag"}
-    assert all((line["decision"] == "flag") == line["error_flag"] == (line["error_estimate"] > model[1].estimate_limit) for line in log)
+    assert all(line["error_limit"] == model[1].flag_limit for line in log)
+    assert all((line["decision"] == "flag") == line["error_flag"] == (line["error_estimate"] > model[1].flag_limit) for line in log)
     assert log[-1]["compute_s"] == 0.0 and log[-1]["member_iterations"] == 0 and log[-1]["adaptations"] == 0
     assert not (folder / "static").exists() or not any((folder / "static").iterdir())
 
@@ -104,45 +105,56 @@ def test_always_retrain_adapts_on_every_block_and_spends_the_most(runs, model):
     assert log[-1]["compute_s"] > 0 and logs["ELIT-triggered"][-1]["compute_s"] > 0  # seconds are measured, so not compared here
 
 
-def test_triggered_adapts_only_after_a_run_of_flagged_frames_and_never_where_undrifted(runs):
-    logs, high, _ = runs
+def test_triggered_adapts_first_on_the_run_that_fired_it_and_never_where_undrifted(runs):
+    from elit_utils.ood import FrameErrorMonitor, error_monitor_path
+
+    logs, high, folder = runs
     log = logs["ELIT-triggered"]
     flags = [line["error_flag"] for line in log]
     assert not any(line["error_flag"] or line["decision"] == "trigger" for line in log if not line["drifted"])
     triggers = [k for k, line in enumerate(log) if line["decision"] == "trigger"]
-    assert triggers, f"the dose drop should raise the error estimate over {high.estimate_limit:.3f}: {[line['error_estimate'] for line in log]}"
+    assert triggers, f"the dose drop should raise the error estimate over {high.flag_limit:.3f}: {[line['error_estimate'] for line in log]}"
     first = triggers[0]
     first_run_ends = next(k for k in range(RUN_FRAMES - 1, len(flags)) if all(flags[k - RUN_FRAMES + 1 : k + 1]))
     assert first == first_run_ends
-    assert [line["decision"] for line in log[first + 1 : first + 1 + ADAPT_FRAMES]] == ["collect"] * ADAPT_FRAMES
-    assert log[first + ADAPT_FRAMES]["adapt_on_frames"] == [line["frame"] for line in log[first + 1 : first + 1 + ADAPT_FRAMES]]
-    assert {line["model"] for line in log[: first + 1 + ADAPT_FRAMES]} == {SOURCE_MODEL}
-    if first + 1 + ADAPT_FRAMES < len(log):
-        assert log[first + 1 + ADAPT_FRAMES]["model"] == "adapt_001"
+    collected = ADAPT_FRAMES - RUN_FRAMES  # the run that fired the trigger, then as many new frames as make ADAPT_FRAMES
+    last = first + collected
+    assert [line["decision"] for line in log[first + 1 : last + 1]] == ["collect"] * collected
+    assert log[last]["adapt_on_frames"] == [line["frame"] for line in log[first - RUN_FRAMES + 1 : last + 1]]
+    assert {line["model"] for line in log[: last + 1]} == {SOURCE_MODEL}
+    adapted = [line for line in log if line["model"] == "adapt_001"]
+    assert adapted and adapted[0]["frame"] == log[last + 1]["frame"]
+    # the adapted model is judged by a monitor of its own, fitted on fresh source frames as the starting one was
+    rounds = sorted((folder / "ELIT-triggered" / "adapt_001").glob("round_*"))
+    own = FrameErrorMonitor.load(error_monitor_path(rounds[-1], 64))
+    assert own.n_source_frames == high.n_source_frames and own.entropy_limit_nats != high.entropy_limit_nats
+    assert all(line["error_limit"] == max(own.estimate_limit, high.min_uncertain_share) for line in adapted)
 
 
 def test_frames_taken_while_adapting_are_read_by_the_old_model(model, tmp_path):
     """With a frame every millisecond, the adaptation (seconds) outlasts the rest of the run: the old model reads every later frame."""
     ensemble, monitor = model
-    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0)
+    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0, min_uncertain_share=0.0)
     quick = Scenario((Segment(0.01, name="source"),), frame_interval_s=0.001, image_size_px=64)
     model_files = sorted(p.name for p in ensemble.folder.iterdir())
-    log = run_policy(MicroscopeStream(quick), ensemble, TriggeredPolicy(every_frame_flagged, Trigger(1), 2), ADAPT, out_dir=tmp_path / "out")
-    assert [line["decision"] for line in log] == ["trigger", "collect", "collect"] + ["adapting"] * (len(log) - 3)
-    assert {line["model"] for line in log} == {SOURCE_MODEL} and [line["adaptations"] for line in log[1:4]] == [0, 1, 1]
-    assert log[2]["adapt_on_frames"] == [1, 2] and log[2]["adaptation_ready_s"] > log[-1]["time_s"]
+    log = run_policy(MicroscopeStream(quick), ensemble, TriggeredPolicy(Trigger(1), 2), ADAPT, out_dir=tmp_path / "out", monitor=every_frame_flagged)
+    assert [line["decision"] for line in log] == ["trigger", "collect"] + ["adapting"] * (len(log) - 2)
+    assert {line["model"] for line in log} == {SOURCE_MODEL} and [line["adaptations"] for line in log[:3]] == [0, 1, 1]
+    assert log[1]["adapt_on_frames"] == [0, 1] and log[1]["adaptation_ready_s"] > log[-1]["time_s"]
     assert sorted(p.name for p in ensemble.folder.iterdir()) == model_files and (tmp_path / "out" / "adapt_001" / "round_1").is_dir()
 
 
 def test_an_adaptation_lasts_its_member_iterations_over_the_stated_speed(model, tmp_path):
     """On the stream's clock, an adaptation of I member-iterations at R per second lasts I / R s, whatever the machine."""
     ensemble, monitor = model
-    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0)
+    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0, min_uncertain_share=0.0)
     steady = Scenario((Segment(600.0, name="source"),), frame_interval_s=10.0, image_size_px=64)
     per_adaptation = len(ensemble.seeds) * ADAPT.iterations_per_round * ADAPT.rounds
     speed = per_adaptation / 25.0  # each adaptation lasts 25 s: ready between the 3rd and 4th frame after it starts
-    policy = TriggeredPolicy(every_frame_flagged, Trigger(1), 2)
-    log = run_policy(MicroscopeStream(steady), ensemble, policy, ADAPT, frames=range(8), out_dir=tmp_path / "out", member_iterations_per_s=speed)
+    policy = TriggeredPolicy(Trigger(1), 2)
+    log = run_policy(
+        MicroscopeStream(steady), ensemble, policy, ADAPT, frames=range(8), out_dir=tmp_path / "out", member_iterations_per_s=speed, monitor=every_frame_flagged
+    )
     started = next(line for line in log if line["adapt_on_frames"])
     assert started["adaptation_ready_s"] == pytest.approx(started["time_s"] + 25.0)
     first_new = next(line for line in log if line["model"] == "adapt_001")
@@ -190,8 +202,8 @@ def test_trust_regions_and_the_shift_detector_of_the_model_folder_are_logged(mod
 def test_a_replay_gives_the_same_decisions(runs, model, tmp_path):
     logs, high, _ = runs
     atoms = {}
-    policy = TriggeredPolicy(high, Trigger(RUN_FRAMES), ADAPT_FRAMES)
-    replay = run_policy(MicroscopeStream(SHIFTED_HALF), model[0], policy, ADAPT, out_dir=tmp_path / "replay", atoms_out=atoms)
+    policy = TriggeredPolicy(Trigger(RUN_FRAMES), ADAPT_FRAMES)
+    replay = run_policy(MicroscopeStream(SHIFTED_HALF), model[0], policy, ADAPT, out_dir=tmp_path / "replay", atoms_out=atoms, monitor=high)
     assert sorted(atoms) == [line["frame"] for line in replay] and [len(atoms[line["frame"]]) for line in replay] == [line["n_atoms"] for line in replay]
     keys = ("frame", "decision", "model", "error_flag", "n_atoms", "adaptations", "member_iterations")
     assert [{k: line[k] for k in keys} for line in replay] == [{k: line[k] for k in keys} for line in logs["ELIT-triggered"]]
@@ -234,6 +246,10 @@ def test_bad_runs_are_refused(model, tmp_path):
         run_policy(stream, ensemble, StaticPolicy(), ADAPT, frames=[3, 1], out_dir=tmp_path / "out")
     with pytest.raises(BadValueError, match="block_frames"):
         AlwaysRetrainPolicy(0)
-    with pytest.raises(BadValueError, match="frame error monitor"):
-        TriggeredPolicy(None, Trigger(), 2)
+    with pytest.raises(BadValueError, match="needs a Trigger"):
+        TriggeredPolicy(None, 2)
+    with pytest.raises(BadValueError, match="frame error monitor's flags: pass run_policy"):
+        run_policy(stream, ensemble, TriggeredPolicy(Trigger(), 2), ADAPT, frames=[0], out_dir=tmp_path / "out")
+    with pytest.raises(BadValueError, match="monitor must be a FrameErrorMonitor"):
+        run_policy(stream, ensemble, StaticPolicy(), ADAPT, frames=[0], out_dir=tmp_path / "out", monitor=0.1)
     assert set(DECISIONS) == {"use", "flag", "trigger", "collect", "adapting", "swap"}

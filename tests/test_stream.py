@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from elit_utils.config import ERROR_MONITOR_FILE
 from elit_utils.errors import BadModelFolderError, BadValueError
-from elit_utils.ood import FrameErrorMonitor, ensure_frame_error_monitor
+from elit_utils.ood import FrameErrorMonitor, ensure_frame_error_monitor, error_monitor_path
 from elit_utils.stream import DEFAULT_SCENARIO, MicroscopeStream, Scenario, Segment, Trigger
 
 SMALL = Scenario(
@@ -126,8 +125,9 @@ def test_each_default_segment_changes_the_image_as_it_should():
 
 def test_the_trigger_needs_a_run_of_flagged_frames():
     trigger = Trigger(run_frames=3)
-    fired = [trigger.update(flag) for flag in [True, True, False, True, True, True, True]]
+    fired = [trigger.update(flag, frame) for frame, flag in enumerate([True, True, False, True, True, True, True])]
     assert fired == [False, False, False, False, False, True, False] and trigger.run == 1
+    assert trigger.fired_on == (3, 4, 5) and trigger.flagged == [6]  # the run that fired it, handed over to adapt on
     with pytest.raises(BadValueError, match="run_frames"):
         Trigger(run_frames=0)
 
@@ -144,6 +144,7 @@ def test_the_monitor_flags_the_stated_share_of_fresh_source_frames():
     rng = np.random.default_rng(1)
     fitted_on, fresh, rate = 200, 600, 0.1
     monitor = FrameErrorMonitor.fit(_source_like_frames(rng, fitted_on), false_alarm_rate=rate)
+    monitor = dataclasses.replace(monitor, min_uncertain_share=0.0)  # the limit from source frames alone
     flagged = np.mean([monitor.flags(monitor.estimate(e)) for e in _source_like_frames(rng, fresh)])
     # two binomial spreads: the fresh frames' share, and the limit's own, a quantile of half the fitting frames
     spread = np.sqrt(rate * (1 - rate) * (1 / fresh + 1 / (fitted_on // 2)))
@@ -172,22 +173,36 @@ def test_wrong_atoms_raise_the_estimate_through_their_entropy():
     assert monitor.estimate(wrong) > 0.3 > monitor.estimate_limit and monitor.flags(monitor.estimate(wrong))
 
 
-def test_a_monitor_is_saved_beside_its_members_and_refused_when_stale(tmp_path):
+def test_a_flag_needs_a_share_of_uncertain_atoms_worth_acting_on():
+    entropies = lambda uncertain: np.r_[np.full(uncertain, 0.6), np.full(100 - uncertain, 0.05)]  # noqa: E731 (100 atoms)
+    monitor = FrameErrorMonitor(entropy_limit_nats=0.5, estimate_limit=0.04)  # unusual above 4 % (source frames)
+    estimates = {uncertain: monitor.estimate(entropies(uncertain)) for uncertain in (6, 15)}
+    assert monitor.flag_limit == 0.1 and not monitor.flags(estimates[6]) and monitor.flags(estimates[15])
+    assert dataclasses.replace(monitor, min_uncertain_share=0.0).flags(estimates[6])  # the limit from source frames alone flags both
+    assert dataclasses.replace(monitor, estimate_limit=0.2).flag_limit == 0.2  # the higher of the two limits
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(BadValueError, match="min_uncertain_share"):
+            FrameErrorMonitor(0.5, 0.04, min_uncertain_share=bad)
+
+
+def test_a_monitor_is_saved_beside_its_members_per_frame_size_and_refused_when_stale(tmp_path):
     from tests.conftest import tiny_ensemble
 
     ensemble = tiny_ensemble(tmp_path / "model", 2)
+    path = error_monitor_path(tmp_path / "model", 64)
     monitor, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
-    assert fitted and (tmp_path / "model" / ERROR_MONITOR_FILE).is_file()
+    assert fitted and path.is_file()
     again, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
     assert not fitted and again == monitor and monitor.image_size_px == 64
-    resized, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 48)  # frames of another size: refitted on frames of theirs
-    assert fitted and resized.image_size_px == 48 == FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE).image_size_px
+    smaller, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 48)  # frames of another size: fitted on frames of theirs, kept apart
+    assert fitted and smaller.image_size_px == 48 == FrameErrorMonitor.load(error_monitor_path(tmp_path / "model", 48)).image_size_px
+    assert ensure_frame_error_monitor(ensemble, 4, 7, 64) == (monitor, False)  # the one for 64 px is still there
     stale = dataclasses.replace(monitor, members={"0": "another member"})
-    stale.save(tmp_path / "model" / ERROR_MONITOR_FILE)
+    stale.save(path)
     with pytest.raises(BadModelFolderError, match="fitted on .*stale"):
-        FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE, ensemble)
+        FrameErrorMonitor.load(path, ensemble)
     refitted, fitted = ensure_frame_error_monitor(ensemble, 4, 7, 64)
     assert fitted and refitted.members == monitor.members
-    (tmp_path / "model" / ERROR_MONITOR_FILE).write_text("{not json")
+    path.write_text("{not json")
     with pytest.raises(BadModelFolderError, match="is not a frame error monitor"):
-        FrameErrorMonitor.load(tmp_path / "model" / ERROR_MONITOR_FILE)
+        FrameErrorMonitor.load(path)

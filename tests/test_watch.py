@@ -10,8 +10,7 @@ import time
 import numpy as np
 
 from elit_utils.cli import SETTLE_S, WATCH_LOG_FILE, main
-from elit_utils.config import ERROR_MONITOR_FILE
-from elit_utils.ood import FrameErrorMonitor
+from elit_utils.ood import FrameErrorMonitor, error_monitor_path
 from elit_utils.stream import MicroscopeStream, Scenario, Segment
 from tests.conftest import tiny_ensemble
 
@@ -42,13 +41,14 @@ def test_watch_processes_new_frames_once_and_resumes(tmp_path, capsys):
     _drop(folder, range(3))
     (folder / "notes.txt").write_text("not a frame")
     assert _watch(folder, model, out) == 0
-    assert FrameErrorMonitor.load(model / ERROR_MONITOR_FILE).image_size_px == 128  # fitted once, beside the members, on frames of their size
+    assert FrameErrorMonitor.load(error_monitor_path(model, 128)).image_size_px == 128  # fitted once, beside the members, on frames of their size
     frames = [line for line in _log(out) if line["event"] == "frame"]
     assert [line["file"] for line in frames] == [f"frame_{i:03d}.npy" for i in range(3)]
     for line in frames:
         assert (out / f"{line['file']}.csv").read_text().startswith("row_px,col_px,y_A,x_A,class")
         assert line["n_atoms"] == len((out / f"{line['file']}.csv").read_text().splitlines()) - 1
         assert line["decision"] in ("use", "flag") and 0 <= line["error_estimate"] <= 1 and line["over_limit"] == (line["error_estimate"] > line["error_limit"])
+        assert line["error_limit"] >= 0.1  # at least the share of uncertain atoms worth acting on
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.csv")}
 
     _drop(folder, range(3, 5))
@@ -82,21 +82,23 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
     ensemble = tiny_ensemble(model, 2)
     # a 2-step ensemble reads every frame badly, so its limits set on source frames would not single out the shifted ones:
     # a monitor whose limit every frame exceeds stands in for a trained model's (its limits are tested in test_stream.py)
-    monitor = FrameErrorMonitor(entropy_limit_nats=0.5, estimate_limit=0.0, members=member_fingerprint(ensemble), image_size_px=128)
-    monitor.save(model / ERROR_MONITOR_FILE)
+    monitor = FrameErrorMonitor(entropy_limit_nats=0.5, estimate_limit=0.0, members=member_fingerprint(ensemble), image_size_px=128, min_uncertain_share=0.0)
+    monitor.save(error_monitor_path(model, 128))
     shifted = MicroscopeStream(Scenario((Segment(200.0, jumps={"dose_e_per_A2": 3e3, "defocus_A": 60.0}),), seed=4, image_size_px=128))
     _drop(folder, range(4), shifted)
     options = ("--trigger-frames", "1", "--adapt-frames", "2", "--rounds", "1", "--iterations", "2", "--no-source")
     assert _watch(folder, model, out, *options) == 0
     lines = _log(out)
-    assert [line.get("decision", line["event"]) for line in lines] == ["start", "trigger", "collect", "collect", "swap", lines[-1]["decision"]]
-    swap = lines[4]
+    # the frame that fired the trigger is adapted on first, with the next one: the adapted model reads the frames after them
+    assert [line.get("decision", line["event"]) for line in lines[:4]] == ["start", "trigger", "collect", "swap"] and lines[1]["adapt_on"] == ["frame_000.npy"]
+    swap = lines[3]
     adapted = out / "models" / "adapt_001" / "round_1"
-    assert swap["model"] == str(adapted) and swap["frames"] == ["frame_001.npy", "frame_002.npy"] and swap["previous_model"] == str(model)
-    assert (adapted / "ensemble.json").is_file() and (adapted / ERROR_MONITOR_FILE).is_file()  # the adapted model has its own limits
+    assert swap["model"] == str(adapted) and swap["frames"] == ["frame_000.npy", "frame_001.npy"] and swap["previous_model"] == str(model)
+    assert (adapted / "ensemble.json").is_file() and error_monitor_path(adapted, 128).is_file()  # the adapted model has its own limits
     assert swap["members"] == member_fingerprint(ensemble.load(adapted)) != member_fingerprint(ensemble)
-    assert lines[-1]["file"] == "frame_003.npy" and lines[-1]["model"] == str(adapted) and lines[-1]["decision"] != "collect"
-    assert all(line["model"] == str(model) for line in lines[1:4])  # frames before the swap were read by the old model
+    after = [line for line in lines[4:] if line["event"] == "frame"]
+    assert [line["file"] for line in after] == ["frame_002.npy", "frame_003.npy"] and after[0]["model"] == str(adapted)
+    assert all(line["model"] == str(model) for line in lines[1:3])  # frames before the swap were read by the old model
 
     assert _watch(folder, model, out, *options) == 0  # a restart goes on with the adapted model and redoes nothing
     restart = _log(out)[len(lines) :]
