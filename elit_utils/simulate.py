@@ -262,6 +262,7 @@ DOMAINS: dict[str, Domain] = {
     for d in (
         Domain("source", "aberration-corrected 60 kV, 0.1 A/px, good dose, clean graphene with a few point defects"),
         _shifted("dose 10x lower (3e4 e/A^2): shot noise dominates", "low_dose", dose_e_per_A2=3e4),
+        _shifted("dose 43x lower (7e3 e/A^2): members disagree about which faint blobs are atoms", "very_low_dose", dose_e_per_A2=7e3),
         _shifted("coarser pixels (0.2 A/px): atoms span fewer pixels", "coarse_sampling", sampling_A_per_px=0.2),
         _shifted("finer pixels (0.06 A/px): atoms span more pixels", "fine_sampling", sampling_A_per_px=0.06),
         _shifted("50 A of defocus: a wider probe with tails", "defocus", defocus_A=50.0),
