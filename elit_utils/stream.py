@@ -751,11 +751,16 @@ def run_policy(
         raise BadValueError(f"out_dir {out} lies in the model folder {model_folder}; choose a folder outside it for the adapted models.")
     if monitor is not None and not isinstance(monitor, FrameErrorMonitor):
         raise BadValueError(f"monitor must be a FrameErrorMonitor (elit_utils.ood.ensure_frame_error_monitor gives the model's), got {type(monitor).__name__}")
+    if monitor is not None and not (monitor.n_source_frames and monitor.image_size_px):
+        raise BadValueError(
+            "monitor must record the source frames it was fitted on (n_source_frames, image_size_px), so that every model's can be fitted alike: "
+            "fit it with elit_utils.ood.ensure_frame_error_monitor"
+        )
     indices = _checked_indices(frames, len(stream))
     policy.reset()
 
     def monitors(first: bool) -> dict[int, object] | None:  # the starting model's given monitor, for frames of its size
-        return None if monitor is None else {monitor.image_size_px: monitor} if first and monitor.image_size_px else {}
+        return None if monitor is None else {monitor.image_size_px: monitor} if first else {}
 
     in_use = latest = _model(SOURCE_MODEL, ensemble, monitors(first=True))
     pending: list[tuple[float, _Model]] = []  # (ready at, model), in order

@@ -252,4 +252,6 @@ def test_bad_runs_are_refused(model, tmp_path):
         run_policy(stream, ensemble, TriggeredPolicy(Trigger(), 2), ADAPT, frames=[0], out_dir=tmp_path / "out")
     with pytest.raises(BadValueError, match="monitor must be a FrameErrorMonitor"):
         run_policy(stream, ensemble, StaticPolicy(), ADAPT, frames=[0], out_dir=tmp_path / "out", monitor=0.1)
+    with pytest.raises(BadValueError, match="must record the source frames it was fitted on"):
+        run_policy(stream, ensemble, StaticPolicy(), ADAPT, frames=[0], out_dir=tmp_path / "out", monitor=FrameErrorMonitor(0.5, 0.1))
     assert set(DECISIONS) == {"use", "flag", "trigger", "collect", "adapting", "swap"}
