@@ -115,8 +115,8 @@ def freed_memory_reused() -> Iterator[None]:
     ``distributed.nanny.pre-spawn-environ``), so that they give memory back to the system. That setting
     also freezes glibc's mmap threshold at 128 KiB: every block over it (one activation of a 16-filter
     U-Net, batch 8 at 128 px, is 8 MiB) is mapped afresh, page-faulted in and unmapped when freed.
-    Measured on a 2-core AMD EPYC (20 iterations of one member): 16x more page faults, and training
-    1.3x slower with one torch thread, 2x with two. Inside this block glibc keeps blocks up to 32 MiB
+    Measured on a 2-core AMD EPYC (20 iterations of one member, in a process started with that variable):
+    16x the page faults, and training 1.3x slower with one torch thread, 2x with two (docs/clusters.md). Inside this block glibc keeps blocks up to 32 MiB
     for reuse; on leaving it, the thresholds are set back and the freed memory is returned
     (``malloc_trim``). Without ``MALLOC_TRIM_THRESHOLD_`` in the environment, or without glibc, it does nothing.
 
