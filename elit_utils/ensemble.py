@@ -75,6 +75,7 @@ from skimage.transform import resize
 from .augment import Augmentation, augment_batch
 from .cache import atomic_path, file_sha256, package_versions, write_json_atomic
 from .config import MAX_WORK_PX, SHIFT_DETECTOR_FILE, TRUST_REGIONS_FILE
+from .distributed import freed_memory_reused
 from .errors import BadImageError, BadModelFolderError, BadValueError
 from .io import PLAUSIBLE_SAMPLING_A_PER_PX, check_sampling, normalize_image
 from .runtime import PRECISIONS, Precision, default_device, resolve_precision
@@ -1354,11 +1355,12 @@ def torch_on_worker() -> Iterator[None]:
     would share torch's thread pool: they oversubscribe the cores, and their CPU sums (hence their
     weights) would depend on timing. So each task of ours waits for the one before it and then uses
     all T threads: a member trained on a worker of T threads equals, bit for bit, one trained in a
-    process of T threads.
+    process of T threads. Freed memory is reused during the block, as in a plain process
+    (:func:`~elit_utils.distributed.freed_memory_reused`: Dask's workers otherwise map every large tensor afresh).
     """
     from distributed import get_worker
 
-    with _TORCH_ON_WORKER:
+    with _TORCH_ON_WORKER, freed_memory_reused():
         torch.set_num_threads(max(1, get_worker().state.nthreads))
         yield
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import resource
 import signal
 from pathlib import Path
 
@@ -175,3 +177,38 @@ def test_scheduler_specs():
         with pytest.raises(ens.BadValueError, match="--scheduler"):
             parse_scheduler(bad)
     assert threads_per_worker(3, 8) == 2 and threads_per_worker(16, 8) == 1
+
+
+#: In a process started as Dask's nanny starts workers: 1 MiB blocks allocated, filled and freed, before, inside and after the block
+#: (over glibc's 128 KiB mmap threshold, under the 4 MiB from which numpy asks for huge pages).
+FAULTS_OF_1_MIB_BLOCKS = """
+import resource
+import numpy as np
+from elit_utils.distributed import freed_memory_reused
+
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        np.ones(2**18, np.float32)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+before = faults()
+with freed_memory_reused():
+    faults()
+    inside = faults()
+print(before, inside, faults())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="MALLOC_TRIM_THRESHOLD_ and mallopt are glibc's")
+def test_freed_memory_is_reused_inside_tasks_on_a_worker_started_as_dask_starts_them():
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "MALLOC_TRIM_THRESHOLD_": "65536"}
+    run = subprocess.run([sys.executable, "-c", FAULTS_OF_1_MIB_BLOCKS], capture_output=True, text=True, env=environment, check=True)
+    before, inside, after = map(int, run.stdout.split())
+    block_pages = 2**20 // resource.getpagesize()
+    assert before >= 10 * block_pages, f"each block should be mapped afresh under Dask's setting ({before} page faults for 20 blocks)"
+    assert inside < block_pages, f"blocks should be reused inside freed_memory_reused ({inside} page faults for 20 blocks)"
+    assert after >= 10 * block_pages, f"Dask's setting should be back after the block ({after} page faults for 20 blocks)"
