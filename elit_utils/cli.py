@@ -1078,7 +1078,7 @@ def _collect(state: _WatchState, entry: dict) -> None:
     """Update the trigger's run and the frames collected to adapt on with one frame's log entry (as it is written, or replayed)."""
     decision = entry["decision"]
     if decision == "trigger":  # the run of flagged frames that fired it is adapted on first
-        state.collecting, state.run_files = list(entry["adapt_on"]), []
+        state.collecting, state.run_files = list(entry.get("adapt_on", [])), []  # a log of an older release: none
     elif decision == "collect" and state.collecting is not None:
         state.collecting.append(entry["file"])
     elif decision in ("use", "flag"):
@@ -1131,7 +1131,8 @@ def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
 
 
 def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, state: _WatchState) -> dict:
-    """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (collect the next frames to adapt on) or collect."""
+    """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (the flagged run is adapted on, with the next
+    frames up to --adapt-frames) or collect."""
     from .stream import Trigger, triggered_decision
 
     ensemble, detector, trust = model
@@ -1409,7 +1410,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Process image files as a microscope writes them into FOLDER (each once its size has settled): NAME.csv per frame "
         f"(as elit predict writes it) and one line per frame in {WATCH_LOG_FILE} (atoms, shift score, error estimate, trigger, decision). "
         "When --trigger-frames frames in a row have an error estimate over the model's flag limit (the limit set on source frames, "
-        "or 10%% of the atoms uncertain if higher), those frames and as many next ones as make --adapt-frames are collected (and read with "
+        "or 10% of the atoms uncertain if higher), those frames and as many next ones as make --adapt-frames are collected (and read with "
         "the model in use), the model is adapted to them into --out/models/, and the adapted model is swapped in (frames wait while it "
         "adapts). Stop it with Ctrl-C or SIGTERM; the same command goes on where it stopped.",
     )

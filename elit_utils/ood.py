@@ -1000,7 +1000,8 @@ class FrameErrorMonitor:
     stated). Both limits come from fresh source frames, no labels needed: the entropy limit from
     one half of them, the frame limit (the ``1 - false_alarm_rate`` quantile of the estimates)
     from the other half, so that it is not set on the very atoms that set the entropy limit; a
-    fresh source frame is then flagged with probability ``false_alarm_rate``.
+    fresh source frame is then over ``estimate_limit`` with probability ``false_alarm_rate``, and
+    flagged (:attr:`flag_limit`) at most that often.
 
     ``members``: the members it was fitted on (seed -> weights sha256, :func:`member_fingerprint`);
     loading it beside other members is refused, as for the shift detector and trust regions.
@@ -1027,6 +1028,7 @@ class FrameErrorMonitor:
     members: dict[str, str] | None = None
     image_size_px: int | None = None
     min_uncertain_share: float = MIN_UNCERTAIN_SHARE
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.entropy_limit_nats) and 0 <= self.entropy_limit_nats <= np.log(2)):
@@ -1125,7 +1127,8 @@ def fit_frame_error_monitor(
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     sampling = data.conditions.sampling_A_per_px
     entropies = [locate_atoms(ensemble.predict(image, sampling_A_per_px=sampling)).entropy for image in data.images]
-    return dataclasses.replace(FrameErrorMonitor.fit(entropies, false_alarm_rate), members=member_fingerprint(ensemble), image_size_px=int(image_size_px))
+    fitted = FrameErrorMonitor.fit(entropies, false_alarm_rate)
+    return dataclasses.replace(fitted, members=member_fingerprint(ensemble), image_size_px=int(image_size_px), seed=int(seed))
 
 
 def error_monitor_path(folder: str | Path, image_size_px: int) -> Path:
@@ -1156,12 +1159,19 @@ def ensure_frame_error_monitor(
     ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
 ) -> tuple[FrameErrorMonitor, bool]:
     """The frame error monitor of ``ensemble``'s folder for frames of ``image_size_px`` (:func:`error_monitor_path`),
-    fitted (and saved) when missing, unreadable, stale or of another false-alarm rate; returns it and whether it was fitted now."""
+    fitted (and saved) when missing, unreadable, stale or fitted otherwise (another number of frames, seed or false-alarm
+    rate: a rerun then judges as a fresh run would); returns it and whether it was fitted now."""
     path = error_monitor_path(ensemble.folder, image_size_px)
     if path.exists():
         try:
             monitor = FrameErrorMonitor.load(path, ensemble)
-            if monitor.image_size_px == image_size_px and monitor.false_alarm_rate == false_alarm_rate:
+            alike = (monitor.image_size_px, monitor.n_source_frames, monitor.seed, monitor.false_alarm_rate) == (
+                image_size_px,
+                n_images,
+                seed,
+                false_alarm_rate,
+            )
+            if alike:
                 return monitor, False
         except BadModelFolderError:
             pass  # unreadable or stale: fitted afresh below

@@ -596,7 +596,7 @@ class TriggeredPolicy(Policy):
         self.collected: list[FrameReading] | None = None
 
     def reset(self) -> None:
-        self.trigger.flagged, self.collected = [], None
+        self.trigger.flagged, self.trigger.fired_on, self.collected = [], (), None
 
     def decide(self, reading: FrameReading) -> Decision:
         if reading.error_flag is None:
@@ -708,6 +708,8 @@ def run_policy(
     false-alarm rate and least share worth acting on) on frames of each field of view the stream
     shows (:func:`~elit_utils.ood.monitor_side_px`): an adapted model's limits are its own, and a
     frame of finer pixels (fewer atoms once resampled) is judged against source frames as small.
+    Each is saved beside its model's members (:func:`~elit_utils.ood.error_monitor_path`; the
+    starting model's folder too, for frame sizes it has no monitor for) and reused when fitted alike.
     When a decision hands frames over, :func:`~elit_utils.iterate.adapt` (``adapt_config``;
     ``source``: labelled frames mixed in) adapts the newest model to them into
     ``out_dir/adapt_001``, ``adapt_002``, ... (never into the source model's folder; a rerun into the
@@ -917,7 +919,8 @@ class StreamPlan:
     adapt_config: the adaptation every policy runs when it adapts (a short one: the microscope waits
         for no one).
     trigger_run_frames: flagged frames in a row that fire the ELIT trigger.
-    adapt_frames: frames the ELIT-triggered policy collects after a trigger and adapts on.
+    adapt_frames: frames the ELIT-triggered policy adapts on: the flagged run that fired the trigger, then
+        as many next frames as make this number.
     block_frames: frames per block of the always-retrain policy.
     n_monitor_frames: fresh source frames the frame error monitor is fitted on.
     member_iterations_per_s: the speed an adaptation is laid on stream time with (:func:`run_policy`).

@@ -27,6 +27,8 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from .errors import BadValueError
+
 IMAGE_CMAP = "gray"
 ATOM_COLOURS = ("#00bcd4", "#ff5722")  # C, Si: distinct in colour and in lightness
 PROBABILITY_CMAP = "magma"  # probability maps (0 to 1) in every figure
@@ -845,6 +847,8 @@ def plot_stream_timeline(logs: dict[str, list[dict]], scenario: object) -> Figur
     ['', 'signal / its limit', 'F1 (atoms within 0.5 Å)', 'member-iterations']
     """
     static = logs["static"]
+    if any(line.get("error_estimate") is None or not line.get("error_limit") for line in static):
+        raise BadValueError("the static log has no frame error estimates to draw: play it with run_policy(..., monitor=) the model's monitor")
     minutes = np.array([line["time_s"] for line in static]) / 60
     heights = {"height_ratios": [0.32, 1.1, 1.3, 0.8]}
     fig, (strip, signals, f1, compute) = plt.subplots(4, 1, figsize=(9.5, 8.0), sharex=True, gridspec_kw=heights)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import signal
 from pathlib import Path
 
@@ -202,6 +201,7 @@ print(before, inside, faults())
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="MALLOC_TRIM_THRESHOLD_ and mallopt are glibc's")
 def test_freed_memory_is_reused_inside_tasks_on_a_worker_started_as_dask_starts_them():
+    import resource  # POSIX only: imported here, so that the module is collected everywhere
     import subprocess
     import sys
 
