@@ -38,6 +38,7 @@ import numpy as np
 
 from .config import ERROR_MONITOR_FILE, SHIFT_DETECTOR_FILE
 from .errors import BadModelFolderError, BadValueError
+from .io import MIN_SIDE_PX
 from .locate import find_atoms, locate_atoms
 from .metrics import DetectionScores, detection_scores, judge_atoms, match_atoms, pool_scores, pooled_scores
 from .simulate import DOMAINS, Domain, dataset
@@ -1121,13 +1122,19 @@ class FrameErrorMonitor:
 
 
 def fit_frame_error_monitor(
-    ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
+    ensemble: object,
+    n_images: int,
+    seed: int,
+    image_size_px: int,
+    domain: str = "source",
+    false_alarm_rate: float = FALSE_ALARM_RATE,
+    min_uncertain_share: float = MIN_UNCERTAIN_SHARE,
 ) -> FrameErrorMonitor:
     """A :class:`FrameErrorMonitor` fitted on ``n_images`` fresh simulated frames of the training ``domain``, recording the members."""
     data = dataset(domain, n=n_images, seed=seed, image_size_px=image_size_px, cache=False)
     sampling = data.conditions.sampling_A_per_px
     entropies = [locate_atoms(ensemble.predict(image, sampling_A_per_px=sampling)).entropy for image in data.images]
-    fitted = FrameErrorMonitor.fit(entropies, false_alarm_rate)
+    fitted = FrameErrorMonitor.fit(entropies, false_alarm_rate, min_uncertain_share=min_uncertain_share)
     return dataclasses.replace(fitted, members=member_fingerprint(ensemble), image_size_px=int(image_size_px), seed=int(seed))
 
 
@@ -1142,40 +1149,38 @@ def error_monitor_path(folder: str | Path, image_size_px: int) -> Path:
 
 def monitor_side_px(shape: tuple[int, int], sampling_A_per_px: float, model_sampling_A_per_px: float) -> int:
     """The side (px) of the square source frames a monitor judging a frame of ``shape`` must be fitted on: the same
-    field of view once resampled to the model's pixel size (and atoms as many), at least :data:`MIN_MONITOR_SIDE_PX`.
+    field of view once resampled to the model's pixel size (and atoms as many), at least the smallest frame a model reads
+    (:data:`~elit_utils.io.MIN_SIDE_PX`).
 
     >>> monitor_side_px((128, 128), 0.06, 0.1), monitor_side_px((512, 256), 0.1, 0.1)
     (77, 362)
     """
     height, width = shape
-    return max(MIN_MONITOR_SIDE_PX, round(float(np.sqrt(height * width)) * sampling_A_per_px / model_sampling_A_per_px))
-
-
-#: The smallest source frames a monitor is fitted on (px): frames a model can read (``io.MIN_SIDE_PX``).
-MIN_MONITOR_SIDE_PX = 32
+    return max(MIN_SIDE_PX, round(float(np.sqrt(height * width)) * sampling_A_per_px / model_sampling_A_per_px))
 
 
 def ensure_frame_error_monitor(
-    ensemble: object, n_images: int, seed: int, image_size_px: int, domain: str = "source", false_alarm_rate: float = FALSE_ALARM_RATE
+    ensemble: object,
+    n_images: int,
+    seed: int,
+    image_size_px: int,
+    domain: str = "source",
+    false_alarm_rate: float = FALSE_ALARM_RATE,
+    min_uncertain_share: float = MIN_UNCERTAIN_SHARE,
 ) -> tuple[FrameErrorMonitor, bool]:
     """The frame error monitor of ``ensemble``'s folder for frames of ``image_size_px`` (:func:`error_monitor_path`),
-    fitted (and saved) when missing, unreadable, stale or fitted otherwise (another number of frames, seed or false-alarm
-    rate: a rerun then judges as a fresh run would); returns it and whether it was fitted now."""
+    fitted (and saved) when missing, unreadable, stale or fitted otherwise (another number of frames, seed, false-alarm
+    rate or least share worth acting on: a rerun then judges as a fresh run would); returns it and whether it was fitted now."""
     path = error_monitor_path(ensemble.folder, image_size_px)
     if path.exists():
         try:
             monitor = FrameErrorMonitor.load(path, ensemble)
-            alike = (monitor.image_size_px, monitor.n_source_frames, monitor.seed, monitor.false_alarm_rate) == (
-                image_size_px,
-                n_images,
-                seed,
-                false_alarm_rate,
-            )
-            if alike:
+            fitted_as = (monitor.image_size_px, monitor.n_source_frames, monitor.seed, monitor.false_alarm_rate, monitor.min_uncertain_share)
+            if fitted_as == (image_size_px, n_images, seed, false_alarm_rate, min_uncertain_share):
                 return monitor, False
         except BadModelFolderError:
             pass  # unreadable or stale: fitted afresh below
-    monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain, false_alarm_rate)
+    monitor = fit_frame_error_monitor(ensemble, n_images, seed, image_size_px, domain, false_alarm_rate, min_uncertain_share)
     monitor.save(path)
     return monitor, True
 

@@ -632,8 +632,8 @@ class _Model:
 
         side = monitor_side_px(shape, sampling_A_per_px, self.ensemble.sampling_A_per_px)
         if side not in self.monitors:
-            fitted, _ = ensure_frame_error_monitor(self.ensemble, like.n_source_frames, seed, side, false_alarm_rate=like.false_alarm_rate)
-            self.monitors[side] = dataclasses.replace(fitted, min_uncertain_share=like.min_uncertain_share)
+            alike = {"false_alarm_rate": like.false_alarm_rate, "min_uncertain_share": like.min_uncertain_share}
+            self.monitors[side], _ = ensure_frame_error_monitor(self.ensemble, like.n_source_frames, seed, side, **alike)
         monitor = self.monitors[side]
         estimate = monitor.estimate(atoms.entropy)
         return estimate, monitor.flags(estimate), monitor.flag_limit
@@ -760,11 +760,7 @@ def run_policy(
         )
     indices = _checked_indices(frames, len(stream))
     policy.reset()
-
-    def monitors(first: bool) -> dict[int, object] | None:  # the starting model's given monitor, for frames of its size
-        return None if monitor is None else {monitor.image_size_px: monitor} if first else {}
-
-    in_use = latest = _model(SOURCE_MODEL, ensemble, monitors(first=True))
+    in_use = latest = _model(SOURCE_MODEL, ensemble, None if monitor is None else {monitor.image_size_px: monitor})
     pending: list[tuple[float, _Model]] = []  # (ready at, model), in order
     spent_s, member_iterations, adaptations, log = 0.0, 0, 0, []
     for index in indices:
@@ -804,7 +800,7 @@ def run_policy(
             member_iterations += iterations
             lasts_s = seconds if member_iterations_per_s is None else iterations / member_iterations_per_s
             begins = max(frame.time_s, pending[-1][0] if pending else frame.time_s)
-            latest = _model(name, result.ensemble, monitors(first=False))
+            latest = _model(name, result.ensemble, None if monitor is None else {})
             ready_s = begins + lasts_s
             pending.append((ready_s, latest))
         segment = stream.scenario.segments[stream.scenario.segment_at(frame.time_s)]
