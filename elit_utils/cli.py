@@ -1009,10 +1009,13 @@ MONITOR_FRAMES = 40
 
 @dataclass
 class _WatchState:
-    """Where a watch run stands, replayed from its log: the model in use, the trigger's run of flagged frames, frames collected to adapt on."""
+    """Where a watch run stands, replayed from its log: the model in use, the trigger's run of flagged frames (since the
+    last swap), the latest run of flagged frames (whichever model flagged them: :func:`~elit_utils.stream.extend_flagged_run`),
+    frames collected to adapt on."""
 
     model: Path
     run_files: list[str] = dataclasses.field(default_factory=list)
+    latest_flagged: list[str] = dataclasses.field(default_factory=list)
     collecting: list[str] | None = None
     adaptations: int = 0
     done: set[str] = dataclasses.field(default_factory=set)
@@ -1056,7 +1059,7 @@ def _append_line(path: Path, entry: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def _replay(lines: list[dict], model: Path, out: Path) -> _WatchState:
+def _replay(lines: list[dict], model: Path, out: Path, adapt_frames: int) -> _WatchState:
     """The state a watch run reached, from its log; refuses a log of another model folder."""
     started = next((line for line in lines if line.get("event") == "start"), None)
     if started is not None and started["model"] != _shown(model.absolute()):
@@ -1070,14 +1073,19 @@ def _replay(lines: list[dict], model: Path, out: Path) -> _WatchState:
         elif line.get("event") == "frame":
             if line["decision"] == "unreadable" or (out / f"{line['file']}.csv").is_file():
                 state.done.add(line["file"])
-            _collect(state, line)
+            _collect(state, line, adapt_frames)
     return state
 
 
-def _collect(state: _WatchState, entry: dict) -> None:
-    """Update the trigger's run and the frames collected to adapt on with one frame's log entry (as it is written, or replayed)."""
+def _collect(state: _WatchState, entry: dict, adapt_frames: int) -> None:
+    """Update the trigger's run, the latest flagged run and the frames collected to adapt on with one frame's log entry
+    (as it is written, or replayed)."""
+    from .stream import extend_flagged_run
+
     decision = entry["decision"]
-    if decision == "trigger":  # the run of flagged frames that fired it is adapted on first
+    if decision != "unreadable":
+        state.latest_flagged = extend_flagged_run(state.latest_flagged, entry["over_limit"], entry["file"], adapt_frames)
+    if decision == "trigger":  # the latest flagged frames are adapted on first
         state.collecting, state.run_files = list(entry.get("adapt_on", [])), []  # a log of an older release: none
     elif decision == "collect" and state.collecting is not None:
         state.collecting.append(entry["file"])
@@ -1133,7 +1141,7 @@ def _frame_monitor(ensemble: Any, frame: _Frame) -> Any:
 def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, state: _WatchState) -> dict:
     """Find one frame's atoms, write NAME.csv, and decide: use, flag, trigger (the flagged run is adapted on, with the next
     frames up to --adapt-frames) or collect."""
-    from .stream import Trigger, triggered_decision
+    from .stream import Trigger, extend_flagged_run, triggered_decision
 
     ensemble, detector, trust = model
     entry = {"event": "frame", "file": _shown(path.name), "time": _now(), "model": _shown(state.model)}
@@ -1152,7 +1160,7 @@ def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, 
     shift = float(detector.score(features)[0]) if detector is not None else None
     trigger = Trigger(args.trigger_frames, flagged=list(state.run_files))
     decision = triggered_decision(over, trigger, collecting=state.collecting is not None, frame=entry["file"])
-    adapt_on = {"adapt_on": list(trigger.fired_on[-args.adapt_frames :])} if decision == "trigger" else {}
+    adapt_on = {"adapt_on": extend_flagged_run(state.latest_flagged, over, entry["file"], args.adapt_frames)} if decision == "trigger" else {}
     return {
         **entry,
         "n_atoms": len(atoms),
@@ -1233,7 +1241,7 @@ def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path
     import signal
 
     log = out / WATCH_LOG_FILE
-    state = _replay(_read_watch_log(log), model, out)
+    state = _replay(_read_watch_log(log), model, out, args.adapt_frames)
     if state.done:
         _say(f"Resuming: {len(state.done)} frames already in {_shown(log)}; model in use {_shown(state.model)}")
     options = {"trigger_frames": args.trigger_frames, "adapt_frames": args.adapt_frames, "threshold": args.threshold}
@@ -1250,7 +1258,7 @@ def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path
                 entry = _watch_frame(ready[0], args, out, in_use, state)
                 _append_line(log, entry)
                 state.done.add(entry["file"])
-                _collect(state, entry)
+                _collect(state, entry, args.adapt_frames)
                 _say(_watch_line(entry))
             if args.once and not ready and not waiting and not (state.collecting is not None and len(state.collecting) >= args.adapt_frames):
                 break
@@ -1421,7 +1429,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--once", action="store_true", help="process the frames there now and exit")
     watch.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold for atoms, strictly between 0 and 1 (default: 0.5)")
     watch.add_argument("--trigger-frames", type=_whole(1, 1000), default=3, help="flagged frames in a row that trigger adapting (default: 3)")
-    watch.add_argument("--adapt-frames", type=_whole(1, 1000), default=8, help="frames to adapt on, the flagged run that fired the trigger first (default: 8)")
+    watch.add_argument(
+        "--adapt-frames", type=_whole(1, 1000), default=8, help="frames to adapt on: the latest flagged frames first, then the next ones (default: 8)"
+    )
     watch.add_argument("--rounds", type=_whole(1, MAX_ROUNDS), default=2, help="rounds of each adaptation (default: 2)")
     watch.add_argument("--iterations", type=_whole(1, MAX_ITERATIONS), default=50, help="fine-tuning steps per member and round (default: 50)")
     watch.add_argument("--no-source", action="store_true", help="do not mix simulated source frames into fine-tuning")

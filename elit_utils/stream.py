@@ -541,6 +541,24 @@ class AlwaysRetrainPolicy(Policy):
         return Decision("swap" if reading.swapped_in else "collect", adapt_on)
 
 
+def extend_flagged_run(run: list, flagged: bool, frame: object, keep: int) -> list:
+    """The latest run of flagged frames once ``frame`` is read: ``run`` then ``frame`` (the last ``keep`` of them) if it is flagged, else empty.
+
+    Unlike a :class:`Trigger`'s run, this one goes on across a swap of models and through the frames
+    read while frames are collected or an adaptation runs. When the trigger fires, the frames of
+    this run are the freshest evidence of the new conditions, whichever model flagged them: they are
+    adapted on first, and only the frames missing to make ``keep`` are waited for (the ELIT-triggered
+    policy and ``elit watch`` alike).
+
+    >>> run = []
+    >>> for frame, flag in enumerate((True, False, True, True, True)):
+    ...     run = extend_flagged_run(run, flag, frame, keep=2)
+    >>> run
+    [3, 4]
+    """
+    return [*run, frame][-keep:] if flagged else []
+
+
 def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False, frame: object = None) -> str:
     """The ELIT-triggered rule for one ``frame``, in one place (:class:`TriggeredPolicy` and ``elit watch``):
     "adapting" while an adaptation runs (the trigger waits); "collect" while frames are being collected;
@@ -568,20 +586,24 @@ def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapti
 
 
 class TriggeredPolicy(Policy):
-    """ELIT-triggered: the monitor flags frames; when ``trigger`` fires, the run of flagged frames that fired it
-    and as many next frames as make ``adapt_frames`` are handed over to adapt on; the adapted model is swapped in when ready.
+    """ELIT-triggered: the monitor flags frames; when ``trigger`` fires, the latest flagged frames (up to
+    ``adapt_frames``) and as many next frames as make ``adapt_frames`` are handed over to adapt on; the
+    adapted model is swapped in when ready.
 
-    The frames that fired the trigger are adapted on first: they are already misread, and waiting for
-    new ones only delays the adapted model. While an adaptation runs, frames are read by the old model
-    ("adapting") and the trigger waits; on the first frame of the new model ("swap") the run starts
-    again, judged by the new model's own monitor (:func:`run_policy`).
+    The latest flagged frames (:func:`extend_flagged_run`: the run that fired the trigger, and the
+    flagged frames just before it, whichever model read them) are adapted on first: they are already
+    misread, and waiting for new ones only delays the adapted model. While an adaptation runs, frames
+    are read by the old model ("adapting") and the trigger waits; on the first frame of the new model
+    ("swap") the trigger's run starts again, judged by the new model's own monitor
+    (:func:`run_policy`). If the new model flags a run in turn, the frames the old one flagged while
+    it adapted are adapted on at once.
 
     >>> from elit_utils.locate import AtomTable
     >>> atoms = AtomTable(*[np.zeros(2)] * 7)
     >>> policy = TriggeredPolicy(Trigger(run_frames=2), adapt_frames=3)
     >>> decisions = [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, atoms, 0.6, True)) for k in range(5)]
-    >>> [d.action for d in decisions], [r.index for r in decisions[2].adapt_on]
-    (['flag', 'trigger', 'collect', 'flag', 'trigger'], [0, 1, 2])
+    >>> [d.action for d in decisions], [[r.index for r in d.adapt_on] for d in decisions]
+    (['flag', 'trigger', 'collect', 'flag', 'trigger'], [[], [], [0, 1, 2], [], [2, 3, 4]])
     """
 
     name = "ELIT-triggered"
@@ -594,16 +616,18 @@ class TriggeredPolicy(Policy):
         self.trigger = trigger
         self.adapt_frames = int(adapt_frames)
         self.collected: list[FrameReading] | None = None
+        self.latest_flagged: list[FrameReading] = []
 
     def reset(self) -> None:
-        self.trigger.flagged, self.trigger.fired_on, self.collected = [], (), None
+        self.trigger.flagged, self.trigger.fired_on, self.collected, self.latest_flagged = [], (), None, []
 
     def decide(self, reading: FrameReading) -> Decision:
         if reading.error_flag is None:
             raise BadValueError("the ELIT-triggered policy acts on the frame error monitor's flags: pass run_policy(..., monitor=) the model's monitor")
+        self.latest_flagged = extend_flagged_run(self.latest_flagged, reading.error_flag, reading, self.adapt_frames)
         action = triggered_decision(reading.error_flag, self.trigger, self.collected is not None, reading.adapting, reading.swapped_in, reading)
         if action == "trigger":
-            self.collected = list(self.trigger.fired_on[-self.adapt_frames :])
+            self.collected = list(self.latest_flagged)
         elif action == "collect":
             self.collected.append(reading)
         if action in ("trigger", "collect") and len(self.collected) == self.adapt_frames:
@@ -623,8 +647,8 @@ class _Model:
     trust: object | None
     monitors: dict[int, object] | None = None
 
-    def judge(self, atoms: object, shape: tuple[int, int], sampling_A_per_px: float, like: object, seed: int) -> tuple[float, bool, float] | None:
-        """The frame's error estimate, flag and flag limit by this model's monitor for frames of its field of view
+    def judge(self, atoms: object, shape: tuple[int, int], sampling_A_per_px: float, like: object, seed: int) -> tuple[float, bool, float, float] | None:
+        """The frame's error estimate, flag, flag limit and atom entropy limit (nats) by this model's monitor for frames of its field of view
         (fitted on fresh source frames the first time, as ``like`` was: :func:`~elit_utils.ood.ensure_frame_error_monitor`); None without monitors."""
         if self.monitors is None:
             return None
@@ -636,7 +660,7 @@ class _Model:
             self.monitors[side], _ = ensure_frame_error_monitor(self.ensemble, like.n_source_frames, seed, side, **alike)
         monitor = self.monitors[side]
         estimate = monitor.estimate(atoms.entropy)
-        return estimate, monitor.flags(estimate), monitor.flag_limit
+        return estimate, monitor.flags(estimate), monitor.flag_limit, monitor.entropy_limit_nats
 
 
 def _model(name: str, ensemble: object, monitors: dict[int, object] | None) -> _Model:
@@ -723,7 +747,8 @@ def run_policy(
 
     Log line: ``frame``, ``time_s``, ``segment``, ``drifted`` (the scenario's, for scoring), ``policy``,
     ``model`` (:data:`SOURCE_MODEL` or ``adapt_k``), ``decision``, ``n_atoms``, ``error_estimate``,
-    ``error_flag``, ``error_limit`` (the monitor's flag limit), ``shift_score``, ``shift_flag``,
+    ``error_flag``, ``error_limit`` (the monitor's flag limit), ``entropy_limit_nats`` (the monitor's: an atom above
+    it is uncertain, not to trust), ``shift_score``, ``shift_flag``,
     ``shift_limit``, ``adapt_on_frames`` (the frames an adaptation starting now adapts on; empty:
     none) and ``adaptation_ready_s`` (when it will be done, stream time; None), ``f1``, ``precision``, ``recall``,
     ``trusted_share`` and ``trusted_precision`` (only with trust regions), and cumulative
@@ -771,7 +796,7 @@ def run_policy(
         prediction, features = in_use.ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
         atoms = locate_atoms(prediction, threshold=threshold)
         judged = in_use.judge(atoms, frame.image.shape, frame.sampling_A_per_px, monitor, monitor_seed)
-        estimate, flag, limit = judged if judged is not None else (None, None, None)
+        estimate, flag, limit, entropy_limit = judged if judged is not None else (None, None, None, None)
         shift = None if in_use.detector is None else float(in_use.detector.score(features)[0])
         shift_flag = None if shift is None else bool(shift > in_use.detector.limit)
         reading = FrameReading(
@@ -816,6 +841,7 @@ def run_policy(
             "error_estimate": estimate,
             "error_flag": flag,
             "error_limit": limit,
+            "entropy_limit_nats": entropy_limit,
             "shift_score": shift,
             "shift_flag": shift_flag,
             "shift_limit": None if in_use.detector is None else float(in_use.detector.limit),
@@ -915,8 +941,8 @@ class StreamPlan:
     adapt_config: the adaptation every policy runs when it adapts (a short one: the microscope waits
         for no one).
     trigger_run_frames: flagged frames in a row that fire the ELIT trigger.
-    adapt_frames: frames the ELIT-triggered policy adapts on: the flagged run that fired the trigger, then
-        as many next frames as make this number.
+    adapt_frames: frames the ELIT-triggered policy adapts on: the latest flagged frames (the run that fired
+        the trigger and those flagged just before it), then as many next frames as make this number.
     block_frames: frames per block of the always-retrain policy.
     n_monitor_frames: fresh source frames the frame error monitor is fitted on.
     member_iterations_per_s: the speed an adaptation is laid on stream time with (:func:`run_policy`).

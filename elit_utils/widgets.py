@@ -453,8 +453,10 @@ def _checked_replay(session: object, logs: dict[str, list[dict]], atoms_by_polic
 
     if not isinstance(session, MicroscopeStream):
         raise BadValueError(f"the replay shows the frames of a MicroscopeStream (the session the logs were played on), got {type(session).__name__}")
-    if not (isinstance(entropy_limit_nats, (int, float)) and 0 <= entropy_limit_nats <= np.log(2)):
-        raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (e.g. monitor.entropy_limit_nats), got {entropy_limit_nats!r}")
+    limits = [entropy_limit_nats, *(line.get("entropy_limit_nats") for log in logs.values() for line in log)]
+    for limit in (limit for limit in limits if limit is not None):
+        if not (isinstance(limit, (int, float)) and 0 <= limit <= np.log(2)):
+            raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (e.g. monitor.entropy_limit_nats), got {limit!r}")
     if not logs:
         raise BadValueError("no logs to replay; pass {policy name: run_policy(...) log}")
     first = next(iter(logs))
@@ -480,7 +482,9 @@ class StreamReplay:
     a policy name to the ``atoms_out`` that run filled (frame -> :class:`~elit_utils.locate.AtomTable`).
     A slider (time in min and segment) moves over the logged frames; one panel per policy shows the
     frame (``session.frame(k)``) with that policy's atoms as rings coloured by entropy (nats), those
-    above ``entropy_limit_nats`` crossed out in red: do not trust them. Each panel's title gives the
+    above the entropy limit of the model in use crossed out in red: do not trust them. Each model has
+    its own limit, logged on each frame by :func:`~elit_utils.stream.run_policy` with a monitor;
+    ``entropy_limit_nats`` stands for it on frames logged without one. Each panel's title gives the
     policy's state on the frame (model in use, decision, F1); ``summary`` the frame's time, segment and
     each policy's frame error estimate and flag. ``titles`` holds the panel titles shown now; each frame
     is drawn once and kept, so moving back is instant. :meth:`figure` draws the frame shown (a static copy).
@@ -515,15 +519,19 @@ class StreamReplay:
         self.widget = widgets.VBox([widgets.HBox([self.play, self.position]), self.summary, self.output])
         self._redraw()
 
+    def limit_nats(self, name: str, frame: int) -> float:
+        """The entropy limit of the model the ``name`` policy used on ``frame`` (as logged; else ``entropy_limit_nats``)."""
+        logged = self.lines[name][frame].get("entropy_limit_nats")
+        return self.entropy_limit_nats if logged is None else float(logged)
+
     def panel_titles(self, frame: int) -> dict[str, str]:
         """Each policy's panel title on ``frame``: its state (model in use, decision, F1) and its untrusted atoms."""
         titles = {}
         for name, lines in self.lines.items():
-            line, atoms = lines[frame], self.atoms_by_policy[name][frame]
-            untrusted = int((atoms.entropy > self.entropy_limit_nats).sum())
+            line, atoms, limit = lines[frame], self.atoms_by_policy[name][frame], self.limit_nats(name, frame)
+            untrusted = int((atoms.entropy > limit).sum())
             titles[name] = (
-                f"{name}\nmodel {line['model']}, decision '{line['decision']}', F1 {line['f1']:.3f}\n"
-                f"{untrusted} of {len(atoms)} atoms over {self.entropy_limit_nats:.2f} nats"
+                f"{name}\nmodel {line['model']}, decision '{line['decision']}', F1 {line['f1']:.3f}\n{untrusted} of {len(atoms)} atoms over {limit:.2f} nats"
             )
         return titles
 
@@ -549,11 +557,11 @@ class StreamReplay:
         titles = self.panel_titles(frame)
         fig, axes = plt.subplots(1, len(titles), figsize=(4.6 * len(titles), 4.8), squeeze=False)
         for ax, (name, title) in zip(axes[0], titles.items()):
-            atoms = self.atoms_by_policy[name][frame]
+            atoms, limit = self.atoms_by_policy[name][frame], self.limit_nats(name, frame)
             draw_atoms_with_uncertainty(ax, shot.image, atoms.rows_px, atoms.cols_px, atoms.entropy, shot.sampling_A_per_px, title, "entropy", vmax=np.log(2))
-            fig.axes[-1].axhline(self.entropy_limit_nats, color="#d62728", lw=2)  # the limit on the colour bar just drawn
-            untrusted = atoms.entropy > self.entropy_limit_nats
-            label = f"do not trust (entropy > {self.entropy_limit_nats:.2f} nats: red line)"
+            fig.axes[-1].axhline(limit, color="#d62728", lw=2)  # the limit on the colour bar just drawn
+            untrusted = atoms.entropy > limit
+            label = f"do not trust (entropy > {limit:.2f} nats: red line)"
             ax.scatter(atoms.cols_px[untrusted], atoms.rows_px[untrusted], marker="x", s=70, linewidths=1.8, color="#d62728", label=label)
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False)
         fig.tight_layout()

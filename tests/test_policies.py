@@ -34,7 +34,7 @@ SHIFTED_HALF = Scenario(
     image_size_px=64,
 )
 ADAPT = AdaptConfig(rounds=1, iterations_per_round=2, batch_size=2, tile_px=64)
-RUN_FRAMES, ADAPT_FRAMES, BLOCK_FRAMES = 2, 3, 4
+RUN_FRAMES, ADAPT_FRAMES, BLOCK_FRAMES = 2, 3, 3
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +162,22 @@ def test_an_adaptation_lasts_its_member_iterations_over_the_stated_speed(model, 
     for bad in (0.0, -1.0, float("nan"), "fast"):
         with pytest.raises(BadValueError, match="member_iterations_per_s"):
             run_policy(MicroscopeStream(steady), ensemble, policy, ADAPT, frames=[0], out_dir=tmp_path / "bad", member_iterations_per_s=bad)
+
+
+def test_a_new_model_that_flags_in_turn_adapts_at_once_on_the_frames_flagged_meanwhile(model, tmp_path):
+    """Every frame flagged, a frame every 10 s, an adaptation lasting 25 s: the old model flags frames 2-3 while adapt_001 is
+    made; when adapt_001 flags frame 4 in turn, the trigger fires and adapt_002 starts at once on frames 3-4, waiting for none."""
+    ensemble, monitor = model
+    every_frame_flagged = dataclasses.replace(monitor, estimate_limit=0.0, min_uncertain_share=0.0)
+    steady = Scenario((Segment(600.0, name="source"),), frame_interval_s=10.0, image_size_px=64)
+    speed = len(ensemble.seeds) * ADAPT.iterations_per_round * ADAPT.rounds / 25.0
+    judged = {"monitor": every_frame_flagged, "member_iterations_per_s": speed}
+    with pytest.MonkeyPatch.context() as patch:  # the adapted models flag every frame too
+        patch.setattr("elit_utils.ood.ensure_frame_error_monitor", lambda *args, **kwargs: (every_frame_flagged, False))
+        log = run_policy(MicroscopeStream(steady), ensemble, TriggeredPolicy(Trigger(1), 2), ADAPT, frames=range(6), out_dir=tmp_path / "out", **judged)
+    assert [line["decision"] for line in log] == ["trigger", "collect", "adapting", "adapting", "trigger", "adapting"]
+    assert [line["adapt_on_frames"] for line in log] == [[], [0, 1], [], [], [3, 4], []]
+    assert [line["model"] for line in log] == [SOURCE_MODEL] * 4 + ["adapt_001"] * 2
 
 
 def test_each_profile_plays_the_default_session_at_its_own_size():

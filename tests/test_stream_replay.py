@@ -84,6 +84,22 @@ def test_the_figure_crosses_out_the_atoms_above_the_entropy_limit():
         assert ax.get_legend().get_texts()[0].get_text() == "do not trust (entropy > 0.30 nats: red line)"
 
 
+def test_each_model_crosses_out_atoms_above_its_own_logged_limit():
+    """run_policy logs the entropy limit of the model in use (an adapted model has its own); the argument stands in where none is logged."""
+    logs, atoms = _session_logs()
+    logs["ELIT-triggered"][3]["entropy_limit_nats"] = 0.5
+    replay = StreamReplay(SESSION, logs, atoms, ENTROPY_LIMIT_NATS)
+    assert replay.limit_nats("ELIT-triggered", 3) == 0.5 and replay.limit_nats("ELIT-triggered", 2) == replay.limit_nats("static", 3) == ENTROPY_LIMIT_NATS
+    untrusted = atoms["ELIT-triggered"][3].entropy > 0.5
+    assert f"{int(untrusted.sum())} of {len(untrusted)} atoms over 0.50 nats" in replay.panel_titles(3)["ELIT-triggered"]
+    panels = [ax for ax in replay.figure(3).axes if ax.get_title()]
+    crosses = panels[1].collections[-1].get_offsets()
+    assert np.allclose(crosses, np.column_stack([atoms["ELIT-triggered"][3].cols_px[untrusted], atoms["ELIT-triggered"][3].rows_px[untrusted]]))
+    logs["ELIT-triggered"][3]["entropy_limit_nats"] = 0.8
+    with pytest.raises(BadValueError, match="entropy_limit_nats must lie between 0 and ln 2.* got 0.8"):
+        StreamReplay(SESSION, logs, atoms, ENTROPY_LIMIT_NATS)
+
+
 def test_a_replay_of_some_frames_only_shows_those():
     logs, atoms = _session_logs(frames=(1, 3))
     replay = StreamReplay(SESSION, logs, atoms, ENTROPY_LIMIT_NATS)

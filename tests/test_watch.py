@@ -105,6 +105,27 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
     assert [line["event"] for line in restart] == ["start"] and restart[0]["model_in_use"] == str(adapted)
 
 
+def test_a_restart_replays_the_latest_flagged_frames_across_a_swap(tmp_path):
+    """The trigger's run starts again at a swap, but the latest flagged frames, whichever model flagged them, go on: they are
+    what a trigger adapts on first (the same rule as the ELIT-triggered policy's)."""
+    from elit_utils.cli import _replay
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    frame = {"event": "frame", "model": str(model)}
+    lines = [
+        {**frame, "file": "a.npy", "decision": "trigger", "over_limit": True, "adapt_on": ["a.npy"]},
+        {**frame, "file": "b.npy", "decision": "collect", "over_limit": True},
+        {"event": "swap", "model": str(tmp_path / "adapted")},
+        {**frame, "file": "c.npy", "decision": "unreadable"},
+        {**frame, "file": "d.npy", "decision": "flag", "over_limit": True},
+    ]
+    state = _replay(lines, model, out, adapt_frames=2)
+    assert state.run_files == ["d.npy"] and state.latest_flagged == ["b.npy", "d.npy"] and state.collecting is None
+    assert state.model == tmp_path / "adapted" and state.adaptations == 1
+    state = _replay([*lines, {**frame, "file": "e.npy", "decision": "use", "over_limit": False}], model, out, adapt_frames=2)
+    assert state.run_files == [] and state.latest_flagged == []
+
+
 def test_a_file_is_read_only_once_its_size_and_time_have_settled(tmp_path):
     from elit_utils.cli import _ready_files
 
