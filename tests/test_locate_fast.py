@@ -109,22 +109,27 @@ def test_a_faint_peak_is_judged_against_the_landscape_below_the_threshold(monkey
     """Whether h_maxima marks a peak less than threshold + h high depends on the path to a higher
     peak below the threshold: a faint peak (0.6) beside a bright one (0.95), joined by a sub-threshold
     ridge at 0.45 (less than 0.2 below 0.6), is not marked; across a 0.3 valley it is. Alone in its
-    crop both would be marked: the window grows until the ridge and the bright peak are inside."""
-    margins = []
-    grown = locate._grown
+    crop both would be marked: the window grows until the ridge and the bright peak are inside,
+    and no call looks at the whole image."""
+    import skimage.morphology
+
+    margins, shapes = [], []
+    grown, h_maxima = locate._grown, skimage.morphology.h_maxima
     monkeypatch.setattr(locate, "_grown", lambda box, margin, shape: margins.append(margin) or grown(box, margin, shape))
+    monkeypatch.setattr(skimage.morphology, "h_maxima", lambda image, h: shapes.append(image.shape) or h_maxima(image, h))
     for ridge, marked in ((0.45, False), (0.3, True)):
-        probability = np.full((30, 60), 0.1)
-        probability[10:20, 5:50] = ridge
-        probability[14:16, 8:10] = 0.6  # the faint peak
-        probability[14:16, 44:46] = 0.95
-        probability[20:22, 20:24] = 0.9  # a bright atom that splits nothing, so the labels are those of the peaks
-        probability[20:22, 26:28] = 0.9
-        probability[22, 24:26] = 0.8
+        probability = np.full((100, 200), 0.1)
+        probability[40:50, 40:85] = ridge
+        probability[44:46, 43:45] = 0.6  # the faint peak
+        probability[44:46, 79:81] = 0.95
+        probability[80:82, 20:24] = 0.9  # a bright atom that splits, so the labels are those of the peaks
+        probability[80:82, 26:28] = 0.9
+        probability[81, 24:26] = 0.6
+        shapes.clear()
         peaks = locate._prominent_peaks(probability, probability > 0.5, 0.5, 0.2)
-        assert peaks[14, 8] == marked
+        assert peaks[44, 43] == marked and probability.shape not in shapes
         assert_same_regions(probability, 0.5, 0.2)
-    assert max(margins) >= 16  # the window did grow past the bright peak 35 px away
+    assert max(margins) >= 32  # the window did grow past the bright peak 36 px away
 
 
 def test_locate_atoms_equals_ndimage_statistics_for_one_and_two_class_ensembles():
