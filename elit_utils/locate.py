@@ -1,6 +1,14 @@
 """Atoms from probability maps: threshold, connected components, sub-pixel centroids,
 per-atom uncertainty, and the members-vote alternative.
 
+Written for a live microscope's per-frame latency: on a 512x512 frame of the quick ensemble
+(1005 atoms, AMD EPYC, 2 cores) :func:`locate_atoms` takes 21-24 ms where the same results from
+``skimage.morphology.h_maxima`` on the whole image and ``scipy.ndimage``'s labelled statistics
+(each call argsorts the whole image) took 214 ms. :func:`atom_regions` runs the h-maxima only on
+the few clusters whose split is not plain (134 ms -> 16 ms at thresholds 0.3 to 0.7; from 0.8,
+where every top is faint, or with ``min_prominence=0.5``, it is one whole-image call again), and
+the per-atom means, centroids and maxima group the footprints' pixels once (:class:`_Footprints`).
+
 Example
 -------
 >>> probability = np.zeros((20, 20)); probability[4:7, 4:7] = 0.9; probability[12:15, 10:13] = 0.8
@@ -20,6 +28,15 @@ from scipy import ndimage
 MIN_PROMINENCE = 0.2
 
 
+#: Map values closer than this (times the map's largest magnitude, at least 1) may be equal up to
+#: floating-point rounding: such near-ties leave the fast path of :func:`atom_regions`.
+_NEAR_TIE = 1e-12
+_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
+#: What one call of h_maxima costs, in pixels of its cost per pixel (0.2 ms a call, 0.5 us a pixel on
+#: the 512x512 frame): cluster by cluster runs only while it costs less than one whole-image call.
+_CALL_COST_PX = 400
+
+
 def atom_regions(probability: np.ndarray, threshold: float = 0.5, min_prominence: float = MIN_PROMINENCE) -> tuple[np.ndarray, int]:
     """Label image of the atoms' footprints, and their number.
 
@@ -27,37 +44,214 @@ def atom_regions(probability: np.ndarray, threshold: float = 0.5, min_prominence
     lie so close (or so blurred) that their blobs touch above the threshold, the region
     holds two peaks with a dip between them: it is split along the valley (watershed from
     every peak that stands at least ``min_prominence`` above the saddle joining it to a
-    higher one, ``skimage.morphology.h_maxima``). Noise ripples on a blob's top are lower
-    than ``min_prominence`` and do not split it; ``min_prominence=1`` never splits.
+    higher one, the pixels ``skimage.morphology.h_maxima`` marks). Noise ripples on a blob's
+    top are lower than ``min_prominence`` and do not split it; ``min_prominence=1`` never splits.
+
+    The labels are those of ``scipy.ndimage.label`` of the regions when no region splits; otherwise
+    the peaks (4-connected, numbered in raster order) label their parts and regions without a
+    peak follow in the order of their region label. The h-maxima are those of the whole image,
+    computed only where they can split a region (:func:`_prominent_peaks`).
 
     >>> probability = np.zeros((9, 16)); probability[3:6, 2:7] = 0.9; probability[3:6, 9:14] = 0.9
     >>> probability[4, 7:9] = 0.6  # a bridge between two blobs
     >>> atom_regions(probability)[1], atom_regions(probability, min_prominence=1.0)[1]
     (2, 1)
     """
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
+    if not min_prominence > 0:
+        raise ValueError(f"min_prominence must be a positive dip in probability (1 never splits), got {min_prominence}")
     mask = probability > threshold
     regions, count = ndimage.label(mask)
     if count == 0 or min_prominence >= 1:
         return regions, count
-    peaks = h_maxima(probability.astype(np.float64), min_prominence).astype(bool) & mask
+    peaks = _prominent_peaks(probability.astype(np.float64), mask, threshold, min_prominence)
     markers, n_peaks = ndimage.label(peaks)
     unmarked = np.setdiff1d(np.arange(1, count + 1), regions[peaks])  # faint regions keep their highest pixel
-    for k, position in enumerate(ndimage.maximum_position(probability, regions, unmarked)):
-        markers[position] = n_peaks + 1 + k
     if n_peaks + len(unmarked) == count:  # nothing to split
         return regions, count
+    for k, position in enumerate(ndimage.maximum_position(probability, regions, unmarked)):
+        markers[position] = n_peaks + 1 + k
+    # The whole image's watershed, not each split region's: skimage breaks ties between equal pixels
+    # (plateaus of saturated probability 1 are common) by the layout of its heap, which every marker shapes.
     return watershed(-probability, markers, mask=mask), n_peaks + len(unmarked)
 
 
-def _kept_regions(probability: np.ndarray, threshold: float, min_area_px: int, min_prominence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Atom footprints (label image) and the labels of those at least ``min_area_px`` large."""
+def _prominent_peaks(probability: np.ndarray, mask: np.ndarray, threshold: float, min_prominence: float) -> np.ndarray:
+    """The pixels ``skimage.morphology.h_maxima(probability, min_prominence)`` marks inside ``mask``
+    (``probability > threshold``, float64), computed cluster by cluster instead of on the whole image.
+
+    h_maxima marks a pixel when the grey reconstruction (8-connected) of ``probability - h`` under
+    ``probability`` lies ``h`` below it there. The reconstruction at a pixel of a cluster (an
+    8-connected part of the mask) is the highest, over paths, of the lowest value along a path from
+    a higher seed; a path that leaves the cluster crosses a pixel at most ``threshold``. So:
+
+    - a pixel the reconstruction of the cluster alone (the rest set lower than everything) leaves
+      unmarked is unmarked on the whole image too (more paths only raise the reconstruction);
+    - a marked pixel at least ``threshold + h`` high is marked on the whole image too (its
+      reconstruction, ``probability - h`` or more, already beats every path from outside);
+    - a cluster whose only regional maximum is a plateau (candidates ``probability ==
+      maximum_filter(probability, 3)`` forming one 8-connected blob, which is constant-valued)
+      at least ``threshold + h`` high, and no near-tie between neighbours, has that plateau, and
+      nothing else, marked: no reconstruction needed. Most atoms are such clusters.
+
+    Only a marked pixel lower than ``threshold + h`` (a faint peak) depends on the landscape below
+    the threshold: for those, the window is grown until the 8-connected component above
+    ``probability - h`` of the faint pixels lies inside it; paths leaving that component cannot
+    raise the reconstruction there, so h_maxima of the window marks them as on the whole image.
+    When the clusters' calls would cost more than one call on the whole image (high thresholds,
+    where every top is faint; wide low landscapes), that one call it is.
+
+    >>> probability = np.zeros((7, 12)); probability[2:5, 1:4] = 0.9; probability[3, 8] = 0.6
+    >>> int(_prominent_peaks(probability, probability > 0.5, 0.5, 0.2).sum())  # the 3x3 plateau and the faint pixel
+    10
+    """
+    from skimage.morphology import h_maxima
+
+    if min_prominence > np.ptp(probability):  # h_maxima marks nothing then
+        return np.zeros(mask.shape, bool)
+    near_tie = _NEAR_TIE * max(1.0, float(np.abs(probability).max()))
+    clusters, n_clusters = ndimage.label(mask, _EIGHT_NEIGHBOURS)
+    rise = ndimage.maximum_filter(probability, 3) - probability  # 0 where no neighbour is higher
+    candidates = mask & (rise == 0)
+    blobs, n_blobs = ndimage.label(candidates, _EIGHT_NEIGHBOURS)
+    cluster_of_blob = np.zeros(n_blobs + 1, clusters.dtype)
+    cluster_of_blob[blobs[candidates]] = clusters[candidates]
+    top = np.zeros(n_clusters + 1)  # the value of the cluster's last blob: its top where it has one blob
+    top[clusters[candidates]] = probability[candidates]
+    simple = np.bincount(cluster_of_blob[1:], minlength=n_clusters + 1) == 1
+    simple &= top - min_prominence > threshold + near_tie
+    simple[clusters[mask & (rise > 0) & (rise <= near_tie)]] = False
+    simple[0] = False
+    peaks = candidates & simple[clusters]
+    left = np.flatnonzero(~simple[1:]) + 1
+    budget_px = probability.size - _CALL_COST_PX * len(left)  # what the windows may cost
+    boxes = ndimage.find_objects(clusters)
+    for cluster in left:
+        found = _cluster_peaks(probability, clusters, cluster, boxes[cluster - 1], threshold, min_prominence, near_tie, budget_px)
+        if found is None:  # cluster by cluster would cost more than h_maxima of the whole image once
+            return h_maxima(probability, min_prominence).astype(bool) & mask
+        window, marked = found
+        peaks[window] |= marked
+        budget_px -= marked.size
+    return peaks
+
+
+def _cluster_peaks(
+    probability: np.ndarray,
+    clusters: np.ndarray,
+    cluster: int,
+    box: tuple[slice, slice],
+    threshold: float,
+    min_prominence: float,
+    near_tie: float,
+    budget_px: int,
+) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """A window around one cluster and the pixels h_maxima of the whole image marks in the cluster
+    (see :func:`_prominent_peaks`); None when a window would exceed ``budget_px`` pixels."""
+    from skimage.morphology import h_maxima
+
+    window = _grown(box, 1, probability.shape)
+    if _area_px(window) > budget_px:
+        return None
+    inside = clusters[window] == cluster
+    alone = np.where(inside, probability[window], threshold - min_prominence - 1.0)
+    marked = h_maxima(alone, min_prominence).astype(bool) & inside
+    faint = marked & (probability[window] < threshold + min_prominence + near_tie)
+    if not faint.any():
+        return window, marked
+    level = probability[window][faint].min() - min_prominence - near_tie  # below every faint pixel's probability - h
+    margin = 4
+    while True:
+        window = _grown(box, margin, probability.shape)
+        if _area_px(window) > budget_px:
+            return None
+        above, _ = ndimage.label(probability[window] > level, _EIGHT_NEIGHBOURS)
+        component = above == above[clusters[window] == cluster][0]
+        if not _touches_inner_edge(component, window, probability.shape):
+            break
+        margin *= 2
+    return window, h_maxima(probability[window], min_prominence).astype(bool) & (clusters[window] == cluster)
+
+
+def _grown(box: tuple[slice, slice], margin: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """``box`` grown by ``margin`` px on every side, clipped to an image of ``shape``."""
+    return tuple(slice(max(side.start - margin, 0), min(side.stop + margin, size)) for side, size in zip(box, shape))
+
+
+def _area_px(window: tuple[slice, slice]) -> int:
+    """The number of pixels in ``window`` (slices with start and stop)."""
+    return (window[0].stop - window[0].start) * (window[1].stop - window[1].start)
+
+
+def _touches_inner_edge(component: np.ndarray, window: tuple[slice, slice], shape: tuple[int, ...]) -> bool:
+    """Whether ``component`` (a mask over ``window``) reaches an edge of the window that is not an edge of the image."""
+    (rows, cols), (height, width) = window, shape
+    edges = ((rows.start > 0, component[0]), (rows.stop < height, component[-1]), (cols.start > 0, component[:, 0]), (cols.stop < width, component[:, -1]))
+    return any(inner and edge.any() for inner, edge in edges)
+
+
+@dataclass(frozen=True)
+class _Footprints:
+    """The pixels of chosen atoms' footprints, grouped atom by atom, for per-atom sums, means and
+    maxima of any map with numpy's bincount and reduceat (``scipy.ndimage``'s labelled maxima
+    argsort the whole image on every call).
+
+    >>> regions = np.array([[1, 1, 0], [0, 2, 2]])
+    >>> footprints = _Footprints.of(regions, np.array([2, 1]))
+    >>> footprints.means(np.array([[1.0, 3.0, 9.0], [9.0, 4.0, 6.0]])).tolist()
+    [5.0, 2.0]
+    """
+
+    pixels: np.ndarray  # flat indices, grouped by atom in the order asked, raster order within each atom
+    atoms: np.ndarray  # the atom (0..k-1) each of those pixels belongs to
+    starts: np.ndarray  # where each atom's pixels begin in ``pixels``
+    areas_px: np.ndarray  # each atom's number of pixels
+    width_px: int
+
+    @classmethod
+    def of(cls, regions: np.ndarray, index: np.ndarray) -> _Footprints:
+        """The footprints labelled ``index`` (k labels) in ``regions`` (H, W), in that order."""
+        index = np.asarray(index, int).reshape(-1)
+        slot = np.full(max(int(regions.max(initial=0)), int(index.max(initial=0))) + 1, -1)
+        slot[index] = np.arange(len(index))
+        pixels = np.flatnonzero(regions)
+        atoms = slot[regions.ravel()[pixels]]
+        pixels, atoms = pixels[atoms >= 0], atoms[atoms >= 0]
+        areas_px = np.bincount(atoms, minlength=len(index))
+        if (areas_px == 0).any():
+            raise ValueError(f"no pixel of the label image is labelled {index[areas_px == 0].tolist()}: ask only for labels of footprints it holds")
+        order = np.argsort(atoms, kind="stable")
+        return cls(pixels[order], atoms[order], np.cumsum(areas_px) - areas_px, areas_px, regions.shape[1])
+
+    def sums(self, image: np.ndarray) -> np.ndarray:
+        """Each atom's sum of ``image`` (H, W) over its footprint, (k,)."""
+        return np.bincount(self.atoms, weights=np.ravel(image)[self.pixels], minlength=len(self.areas_px))
+
+    def means(self, image: np.ndarray) -> np.ndarray:
+        """Each atom's mean of ``image`` (H, W) over its footprint, (k,)."""
+        return self.sums(image) / self.areas_px
+
+    def maxima(self, images: np.ndarray) -> np.ndarray:
+        """Each image's highest value in each footprint, (N images, k atoms), from images (N, H, W)."""
+        flat = np.asarray(images).reshape(len(images), -1)
+        if not len(self.starts):
+            return np.empty((len(flat), 0))
+        return np.maximum.reduceat(flat[:, self.pixels], self.starts, axis=1).astype(float)
+
+    def centroids(self, weights: np.ndarray) -> np.ndarray:
+        """Each footprint's ``weights``-weighted centroid (row, col in px), (k, 2)."""
+        rows, cols = np.divmod(self.pixels, self.width_px)
+        values = np.ravel(weights)[self.pixels]
+        total = np.bincount(self.atoms, weights=values, minlength=len(self.areas_px))
+        return np.column_stack([np.bincount(self.atoms, weights=values * axis.astype(float), minlength=len(self.areas_px)) / total for axis in (rows, cols)])
+
+
+def _kept_footprints(probability: np.ndarray, threshold: float, min_area_px: int, min_prominence: float) -> _Footprints:
+    """The footprints (:func:`atom_regions`) at least ``min_area_px`` large."""
     regions, count = atom_regions(probability, threshold, min_prominence)
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(probability), regions, index)
-    return regions, index[areas >= min_area_px]
+    areas_px = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    return _Footprints.of(regions, np.flatnonzero(areas_px >= min_area_px) + 1)
 
 
 def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int = 1, min_prominence: float = MIN_PROMINENCE) -> np.ndarray:
@@ -76,8 +270,7 @@ def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int
         raise ValueError("the probability map contains NaN or inf")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
-    regions, kept = _kept_regions(probability, threshold, min_area_px, min_prominence)
-    return np.array(ndimage.center_of_mass(probability, regions, kept), float).reshape(-1, 2)
+    return _kept_footprints(probability, threshold, min_area_px, min_prominence).centroids(probability)
 
 
 @dataclass(frozen=True)
@@ -197,7 +390,9 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     Centres come from the mean map (:func:`find_atoms`); each atom's uncertainty
     is averaged over its footprint (:func:`atom_regions`). A two-class prediction (``class_members``,
     each member's probability of "Si, given an atom") gives each atom its Si probability and its
-    spread over members (:func:`si_per_atom`).
+    spread over members (the standard deviation of the members' footprint means). Each member's
+    highest probability in the footprint is its ``member_peaks`` entry; a member "votes" for an
+    atom when that peak exceeds the threshold.
 
     >>> from types import SimpleNamespace
     >>> members = np.zeros((2, 12, 12)); members[:, 3:6, 3:6] = 0.9; members[0, 8:11, 8:11] = 0.9
@@ -211,46 +406,29 @@ def locate_atoms(prediction: object, threshold: float = 0.5, min_area_px: int = 
     members = np.asarray(prediction.members)
     if mean.ndim != 2 or members.shape[1:] != mean.shape:
         raise ValueError(f"locate_atoms expects one frame: mean (H, W) and members (N, H, W), got {mean.shape} and {members.shape}")
-    regions, kept = _kept_regions(mean, threshold, min_area_px, min_prominence)
-    centres = np.array(ndimage.center_of_mass(mean, regions, kept), float).reshape(-1, 2)
-    information = np.asarray(ndimage.mean(prediction.mutual_information, regions, kept)).reshape(-1)
-    entropy = np.asarray(ndimage.mean(prediction.entropy, regions, kept)).reshape(-1)
-    variance = np.asarray(ndimage.mean(prediction.variance, regions, kept)).reshape(-1)
-    peaks = member_peaks(members, regions, kept)
+    footprints = _kept_footprints(mean, threshold, min_area_px, min_prominence)
+    centres = footprints.centroids(mean)
+    information, entropy, variance = (footprints.means(values) for values in (prediction.mutual_information, prediction.entropy, prediction.variance))
+    peaks = footprints.maxima(members)
     class_members = getattr(prediction, "class_members", None)
-    si, si_std = (None, None) if class_members is None else si_per_atom(np.asarray(class_members), regions, kept)
+    si, si_std = (None, None) if class_members is None else _si_mean_and_spread(np.asarray(class_members), footprints)
     votes = (peaks > threshold).mean(axis=0)
     return AtomTable(centres[:, 0], centres[:, 1], prediction.sampling_A_per_px, information, entropy, variance, votes, peaks, si, si_std)
 
 
-def si_per_atom(class_members: np.ndarray, regions: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _si_mean_and_spread(class_members: np.ndarray, footprints: _Footprints) -> tuple[np.ndarray, np.ndarray]:
     """Each atom's probability of Si and its uncertainty, from members' maps of "Si, given an atom" (N, H, W).
 
-    Each member's probability is averaged over the atom's footprint (``regions`` labels them,
-    ``index`` the atoms wanted); returns the mean over members and the standard deviation over
-    members (members' disagreement about the element), each (k atoms,).
+    Each member's probability is averaged over the atom's footprint; returns the mean over members
+    and the standard deviation over members (members' disagreement about the element), each (k atoms,).
 
     >>> maps = np.zeros((2, 6, 6)); maps[0, :3, :3] = 0.9; maps[1, :3, :3] = 0.5
     >>> regions = np.zeros((6, 6), int); regions[:3, :3] = 1
-    >>> [values.round(2).tolist() for values in si_per_atom(maps, regions, np.array([1]))]
+    >>> [values.round(2).tolist() for values in _si_mean_and_spread(maps, _Footprints.of(regions, np.array([1])))]
     [[0.7], [0.2]]
     """
-    per_member = np.array([ndimage.mean(member, regions, index) for member in class_members], float).reshape(len(class_members), -1)
+    per_member = np.array([footprints.means(member) for member in class_members], float).reshape(len(class_members), -1)
     return per_member.mean(axis=0), per_member.std(axis=0)
-
-
-def member_peaks(members: np.ndarray, regions: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Each member's highest probability inside each atom's footprint, (N members, k atoms).
-
-    ``regions`` labels the footprints (as from ``scipy.ndimage.label``) and ``index`` lists the
-    labels of the atoms wanted. A member "votes" for an atom when its peak exceeds the threshold.
-
-    >>> members = np.zeros((2, 6, 6)); members[0, 1, 1] = 0.9; members[1, 1, 1] = 0.2
-    >>> regions = np.zeros((6, 6), int); regions[0:3, 0:3] = 1
-    >>> member_peaks(members, regions, np.array([1])).tolist()
-    [[0.9], [0.2]]
-    """
-    return np.array([ndimage.maximum(member, regions, index) for member in members], float).reshape(len(members), -1)
 
 
 def vote_locate(member_probabilities: np.ndarray, threshold: float = 0.5, eps_px: float = 3.0, min_vote_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
