@@ -1150,7 +1150,7 @@ def _watch_frame(path: Path, args: argparse.Namespace, out: Path, model: tuple, 
     except (BadImageError, BadValueError) as error:
         return {**entry, "decision": "unreadable", "error": _message(error), "run_over_limit": len(state.run_files)}
     monitor = _frame_monitor(ensemble, frame)
-    prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+    prediction, features = ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px, shared_pass=True)  # live: one pass
     atoms, untrusted = _frame_atoms(prediction, args.threshold, trust)
     if untrusted is not None:
         _write_untrusted(out / f"{frame.name}{UNTRUSTED_SUFFIX}", untrusted)

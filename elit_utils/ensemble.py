@@ -1143,15 +1143,15 @@ class Ensemble:
         return torch.cat(per_pack, dim=1).float().reshape(-1).cpu().numpy()
 
     @torch.inference_mode()
-    def _members_and_features(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What :meth:`_member_probabilities` (in fp32) and :meth:`_tile_features` give for one normalised
-        image whose sides are multiples of 8, from one strict-fp32 pass of the members: the bottleneck
-        is read on its way through the full network (a forward hook), the same tensor the encoder-only
-        pass averages, so the features are identical."""
+    def _members_and_features(self, image: np.ndarray, precision: Precision) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`_member_probabilities` and :meth:`_tile_features` give for one normalised image whose
+        sides are multiples of 8, from one pass of the members: the bottleneck is read on its way through
+        the full network (a forward hook). In fp32 (strict) it is the tensor the encoder-only pass
+        averages, so the features are identical; in bf16 or fp16 they are that precision's."""
         outputs, pooled = [], []
-        with _strict_fp32(self.device):
+        with _strict_fp32(self.device) if precision == "fp32" else _autocast(self.device, precision):
             for net in self.packs:
-                hook = net.bn.register_forward_hook(lambda _module, _inputs, bottom: pooled.append(bottom.mean(dim=(-2, -1))))
+                hook = net.bn.register_forward_hook(lambda _module, _inputs, bottom: pooled.append(bottom.float().mean(dim=(-2, -1))))
                 try:
                     logits = net(self._packed_input(image, net))
                 finally:
@@ -1205,7 +1205,15 @@ class Ensemble:
         return frames, [resize(f, shape, order=1, preserve_range=True).astype(np.float32) for f, shape in zip(frames, shapes)], True
 
     def _analysed(
-        self, images: np.ndarray, what: str, sampling_A_per_px: float | None, tile_px: int, overlap_px: int, precision: str, with_features: bool
+        self,
+        images: np.ndarray,
+        what: str,
+        sampling_A_per_px: float | None,
+        tile_px: int,
+        overlap_px: int,
+        precision: str,
+        with_features: bool,
+        shared_pass: bool = False,
     ) -> tuple[Prediction, np.ndarray | None]:
         """The work of :meth:`predict` and, ``with_features``, :meth:`analyse`: each frame normalised and resampled once."""
         array = checked_images(images, what)
@@ -1214,8 +1222,8 @@ class Ensemble:
         frames, work_frames, resampled = self._working_frames(array, sampling_A_per_px)
         results, summaries = [], []
         for frame, work in zip(frames, work_frames):
-            if with_features and chosen == "fp32" and max(work.shape) <= tile:  # one pass gives both, exactly
-                members, summary = self._members_and_features(_padded_to_8(work))
+            if with_features and (chosen == "fp32" or shared_pass) and max(work.shape) <= tile:  # one pass gives both
+                members, summary = self._members_and_features(_padded_to_8(work), chosen)
                 members = members[..., : work.shape[0], : work.shape[1]]
                 summaries.append(summary.astype(np.float64))
             else:
@@ -1248,17 +1256,28 @@ class Ensemble:
         return self._analysed(images, "predict", sampling_A_per_px, tile_px, overlap_px, precision, with_features=False)[0]
 
     def analyse(
-        self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512, overlap_px: int = 32, precision: str = "auto"
+        self,
+        images: np.ndarray,
+        sampling_A_per_px: float | None = None,
+        tile_px: int = 512,
+        overlap_px: int = 32,
+        precision: str = "auto",
+        shared_pass: bool = False,
     ) -> tuple[Prediction, np.ndarray]:
         """:meth:`predict` and :meth:`features` of the same image or stack in one call, for a live stream.
 
         Returns what they give (the same options; ``tile_px`` also sizes the feature tiles), each
         frame normalised and resampled once. Where the prediction runs in fp32 and a frame fits in
         one tile, the members run once and the features are read from that pass (the same encoder,
-        the same strict fp32: identical values); in bf16 or fp16 the features take their own
-        encoder-only fp32 pass (about a fifth of the network's work), since sharing a bf16 encoder
-        would change the features and a full fp32 pass costs more than the two
-        (``benchmarks/bench_stream.py`` measures both).
+        the same strict fp32: identical values). In bf16 or fp16 the features take their own
+        encoder-only fp32 pass, since a full fp32 pass costs more than the two, unless
+        ``shared_pass``: then they are read from the prediction's own pass in its precision, one pass
+        instead of two. That saves the encoder pass (213 of 570 ms on a 512 px frame of the quick
+        ensemble, 2 AMD EPYC cores), but the features are then bf16's: on quick-ensemble frames the
+        shift score moved by at most 0.9 % of the detector's limit, so a frame that close to the limit
+        may be flagged on one machine and not on another. It is for live streams, where the score is
+        watched as it comes (``elit watch``, :func:`~elit_utils.stream.run_policy`);
+        ``benchmarks/bench_stream.py`` measures every way.
 
         >>> import tempfile
         >>> images = np.random.rand(4, 32, 32).astype(np.float32)
@@ -1269,7 +1288,7 @@ class Ensemble:
         >>> prediction.mean.shape, features.shape, bool(np.array_equal(features, ensemble.features(images[0])))
         ((32, 32), (1, 64), True)
         """
-        return self._analysed(images, "analyse", sampling_A_per_px, tile_px, overlap_px, precision, with_features=True)
+        return self._analysed(images, "analyse", sampling_A_per_px, tile_px, overlap_px, precision, with_features=True, shared_pass=shared_pass)
 
     def features(self, images: np.ndarray, sampling_A_per_px: float | None = None, tile_px: int = 512) -> np.ndarray:
         """Each frame's summary in the members' feature space, (n frames, members x channels).

@@ -793,7 +793,7 @@ def run_policy(
         swapped = False
         while pending and pending[0][0] <= frame.time_s:
             in_use, swapped = pending.pop(0)[1], True
-        prediction, features = in_use.ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px)
+        prediction, features = in_use.ensemble.analyse(frame.image, sampling_A_per_px=frame.sampling_A_per_px, shared_pass=True)
         atoms = locate_atoms(prediction, threshold=threshold)
         judged = in_use.judge(atoms, frame.image.shape, frame.sampling_A_per_px, monitor, monitor_seed)
         estimate, flag, limit, entropy_limit = judged if judged is not None else (None, None, None, None)

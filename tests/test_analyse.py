@@ -21,8 +21,8 @@ def frames():
     return simulate.dataset("defocus", n=3, seed=4, image_size_px=40, cache=False).images
 
 
-def _assert_same(ensemble, images, **options):
-    prediction, features = ensemble.analyse(images, **options)
+def _assert_same(ensemble, images, shared_pass=False, **options):
+    prediction, features = ensemble.analyse(images, shared_pass=shared_pass, **options)
     tile = {"tile_px": options["tile_px"]} if "tile_px" in options else {}
     expected = ensemble.predict(images, **options)
     for name in ("mean", "variance", "entropy", "mutual_information", "members"):
@@ -63,3 +63,18 @@ def test_shared_pass_runs_the_members_once(ensemble, frames, monkeypatch):
         for hook in hooks:
             hook.remove()
     assert calls == ["network"] * len(ensemble.packs)
+
+
+def test_a_shared_bf16_pass_gives_the_bf16_prediction_and_close_features(ensemble, frames, monkeypatch):
+    """shared_pass=True: the members run once in bf16; the maps are predict's in bf16, the features that pass's bottleneck
+    (close to the strict-fp32 ones, not equal), and no encoder-only pass runs."""
+    prediction, features = ensemble.analyse(frames, precision="bf16", shared_pass=True)
+    expected = ensemble.predict(frames, precision="bf16")
+    np.testing.assert_array_equal(prediction.members, expected.members)
+    strict = ensemble.features(frames)
+    assert features.shape == strict.shape and not np.array_equal(features, strict)
+    np.testing.assert_allclose(features, strict, rtol=0.05, atol=0.02 * np.abs(strict).max())
+    _assert_same(ensemble, frames[0], precision="fp32", shared_pass=True)  # in fp32 the shared pass is the strict one
+    for net in ensemble.packs:
+        monkeypatch.setattr(net, "bottleneck_features", lambda *args: pytest.fail("an encoder-only pass ran"))
+    np.testing.assert_array_equal(ensemble.analyse(frames, precision="bf16", shared_pass=True)[1], features)
