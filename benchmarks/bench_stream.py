@@ -161,9 +161,9 @@ def main() -> None:
         print(f"| {name} | {timings[name][0]:.1f} | {timings[name][1]:.1f} |")
     _, shared = ensemble.analyse(frame, sampling_A_per_px=sampling, shared_pass=True)
     moved = abs(detector.score(shared)[0] - detector.score(features)[0]) / detector.limit
-    print(f"\nshift score from the shared {auto} pass against strict-fp32 features: moved by {moved:.2%} of the detector's limit")
+    print(f"\nshift score from the shared {auto} pass against strict-fp32 features: moved by {moved:.2%} of the detector's limit ({weights}, this frame)")
     wall, cpu = timings[list(totals)[1]]
-    print(f"\nratio (atomai / ours, {auto}): {reference_wall / wall:.2f}x in wall time, {reference_cpu / cpu:.2f}x in CPU time (goal >= 4x)")
+    print(f"\nratio (atomai / ours, live, {auto}): {reference_wall / wall:.2f}x in wall time, {reference_cpu / cpu:.2f}x in CPU time (goal >= 4x)")
 
 
 if __name__ == "__main__":

@@ -1016,6 +1016,7 @@ class _WatchState:
     model: Path
     run_files: list[str] = dataclasses.field(default_factory=list)
     latest_flagged: list[str] = dataclasses.field(default_factory=list)
+    handed_over: set[str] = dataclasses.field(default_factory=set)
     collecting: list[str] | None = None
     adaptations: int = 0
     done: set[str] = dataclasses.field(default_factory=set)
@@ -1070,6 +1071,7 @@ def _replay(lines: list[dict], model: Path, out: Path, adapt_frames: int) -> _Wa
     for line in lines:
         if line.get("event") == "swap":
             state.model, state.collecting, state.run_files, state.adaptations = Path(line["model"]), None, [], state.adaptations + 1
+            state.handed_over = set(line["frames"])
         elif line.get("event") == "frame":
             if line["decision"] == "unreadable" or (out / f"{line['file']}.csv").is_file():
                 state.done.add(line["file"])
@@ -1088,9 +1090,16 @@ def _collect(state: _WatchState, entry: dict, adapt_frames: int) -> None:
     if decision == "trigger":  # the latest flagged frames are adapted on first
         state.collecting, state.run_files = list(entry.get("adapt_on", [])), []  # a log of an older release: none
     elif decision == "collect" and state.collecting is not None:
-        state.collecting.append(entry["file"])
+        state.collecting = [*state.collecting, entry["file"]][-adapt_frames:]
     elif decision in ("use", "flag"):
         state.run_files = [*state.run_files, entry["file"]] if entry["over_limit"] else []
+
+
+def _ready_to_adapt(state: _WatchState, args: argparse.Namespace) -> bool:
+    """Whether the frames collected make an adaptation (:func:`~elit_utils.stream.enough_to_adapt`, as the ELIT-triggered policy's)."""
+    from .stream import enough_to_adapt
+
+    return state.collecting is not None and enough_to_adapt(state.collecting, state.handed_over, args.adapt_frames, args.trigger_frames)
 
 
 def _ready_files(folder: Path, done: set[str], seen: dict[str, tuple[int, int]]) -> tuple[list[Path], bool]:
@@ -1201,7 +1210,7 @@ def _adapt_and_swap(args: argparse.Namespace, folder: Path, out: Path, state: _W
     swap = {"event": "swap", "time": _now(), "model": _shown(adapted), "previous_model": _shown(state.model), "frames": list(state.collecting)}
     _append_line(log, {**swap, "members": member_fingerprint(model[0]), "seconds": round(seconds, 2)})
     _say(f"Swapped in the adapted model {_shown(adapted)} ({seconds:.0f} s)")
-    state.model, state.collecting, state.run_files, state.adaptations = adapted, None, [], index
+    state.model, state.collecting, state.run_files, state.adaptations, state.handed_over = adapted, None, [], index, set(state.collecting)
     return model
 
 
@@ -1251,7 +1260,7 @@ def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path
     seen: dict[str, tuple[int, int]] = {}
     try:
         while True:
-            if state.collecting is not None and len(state.collecting) >= args.adapt_frames:
+            if _ready_to_adapt(state, args):
                 in_use = _adapt_and_swap(args, folder, out, state, log)
             ready, waiting = _ready_files(folder, state.done, seen)
             if ready:  # one frame at a time, so that an adaptation happens right after the frame that completes it
@@ -1260,7 +1269,7 @@ def _watch_folder(args: argparse.Namespace, folder: Path, out: Path, model: Path
                 state.done.add(entry["file"])
                 _collect(state, entry, args.adapt_frames)
                 _say(_watch_line(entry))
-            if args.once and not ready and not waiting and not (state.collecting is not None and len(state.collecting) >= args.adapt_frames):
+            if args.once and not ready and not waiting and not _ready_to_adapt(state, args):
                 break
             if not ready:
                 time.sleep(min(args.poll_s, SETTLE_S) if waiting else args.poll_s)

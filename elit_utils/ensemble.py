@@ -1271,8 +1271,9 @@ class Ensemble:
         one tile, the members run once and the features are read from that pass (the same encoder,
         the same strict fp32: identical values). In bf16 or fp16 the features take their own
         encoder-only fp32 pass, since a full fp32 pass costs more than the two, unless
-        ``shared_pass``: then they are read from the prediction's own pass in its precision, one pass
-        instead of two. That saves the encoder pass (213 of 570 ms on a 512 px frame of the quick
+        ``shared_pass``: then, for frames that fit one tile at the training pixel size, they are read
+        from the prediction's own pass in its precision, one pass instead of two (larger frames keep
+        strict-fp32 features in their own pass). That saves the encoder pass (213 of 570 ms on a 512 px frame of the quick
         ensemble, 2 AMD EPYC cores), but the features are then bf16's: on quick-ensemble frames the
         shift score moved by at most 0.9 % of the detector's limit, so a frame that close to the limit
         may be flagged on one machine and not on another. It is for live streams, where the score is

@@ -61,11 +61,15 @@ def atom_regions(probability: np.ndarray, threshold: float = 0.5, min_prominence
 
     if not min_prominence > 0:
         raise ValueError(f"min_prominence must be a positive dip in probability (1 never splits), got {min_prominence}")
+    if not np.isfinite(probability).all():
+        raise ValueError("the probability map contains NaN or inf")
     mask = probability > threshold
     regions, count = ndimage.label(mask)
     if count == 0 or min_prominence >= 1:
         return regions, count
-    peaks = _prominent_peaks(probability.astype(np.float64), mask, threshold, min_prominence)
+    # the highest pixel outside the regions: the threshold, or just above it in a float32 map (compared in float32)
+    outside = float(probability[~mask].max(initial=threshold))
+    peaks = _prominent_peaks(probability.astype(np.float64), mask, max(threshold, outside), min_prominence)
     markers, n_peaks = ndimage.label(peaks)
     unmarked = np.setdiff1d(np.arange(1, count + 1), regions[peaks])  # faint regions keep their highest pixel
     if n_peaks + len(unmarked) == count:  # nothing to split
@@ -79,7 +83,8 @@ def atom_regions(probability: np.ndarray, threshold: float = 0.5, min_prominence
 
 def _prominent_peaks(probability: np.ndarray, mask: np.ndarray, threshold: float, min_prominence: float) -> np.ndarray:
     """The pixels ``skimage.morphology.h_maxima(probability, min_prominence)`` marks inside ``mask``
-    (``probability > threshold``, float64), computed cluster by cluster instead of on the whole image.
+    (float64 ``probability``; no pixel outside ``mask`` is above ``threshold``), computed cluster by
+    cluster instead of on the whole image.
 
     h_maxima marks a pixel when the grey reconstruction (8-connected) of ``probability - h`` under
     ``probability`` lies ``h`` below it there. The reconstruction at a pixel of a cluster (an
@@ -266,8 +271,6 @@ def find_atoms(probability: np.ndarray, threshold: float = 0.5, min_area_px: int
     probability = np.asarray(probability, float)
     if probability.ndim != 2:
         raise ValueError(f"find_atoms expects one 2D probability map, got shape {probability.shape}")
-    if not np.isfinite(probability).all():
-        raise ValueError("the probability map contains NaN or inf")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}")
     return _kept_footprints(probability, threshold, min_area_px, min_prominence).centroids(probability)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -382,9 +382,10 @@ class Trigger:
 
     ``flagged``: the frames of the flagged run so far (whatever stands for a frame: a reading, a file
     name), oldest first; :attr:`run` counts them. When a frame completes the run, the trigger fires,
-    hands the run over in ``fired_on`` (the frames that fired it: already misread, so the first to
-    adapt on) and starts again from zero. If each source frame is flagged with probability ``p``
-    independently, a run of ``K`` flags starts on a given frame with probability about ``p^K``.
+    keeps the run that fired it in ``fired_on`` and starts again from zero (the frames an adaptation
+    then collects first are the latest flagged ones, :func:`extend_flagged_run`, which end with that run).
+    If each source frame is flagged with probability ``p`` independently, a run of ``K`` flags starts
+    on a given frame with probability about ``p^K``.
 
     >>> trigger = Trigger(run_frames=2)
     >>> [trigger.update(flag, frame) for frame, flag in enumerate((True, False, True, True, True))]
@@ -559,12 +560,30 @@ def extend_flagged_run(run: list, flagged: bool, frame: object, keep: int) -> li
     return [*run, frame][-keep:] if flagged else []
 
 
+def enough_to_adapt(frames: list, handed_over: Collection, adapt_frames: int, run_frames: int) -> bool:
+    """Whether ``frames`` (the latest flagged ones when the trigger fired, then those collected since; indices or
+    file names) make an adaptation: ``adapt_frames`` of them, of which at least ``adapt_frames - run_frames`` were
+    not ``handed_over`` to the previous adaptation.
+
+    Frames an earlier adaptation used may be used again: the newer model labels them better, as each
+    round of iterative training does. But every adaptation waits for as many new frames as a trigger
+    followed by collection gives it, so that a drift self-training cannot fix (strong defocus) does
+    not set off an adaptation every few frames (the ELIT-triggered policy and ``elit watch`` alike).
+
+    >>> enough_to_adapt([3, 4, 5, 6], handed_over={1, 2, 3, 4}, adapt_frames=4, run_frames=2)
+    True
+    >>> enough_to_adapt([3, 4, 5, 6], handed_over={3, 4, 5}, adapt_frames=4, run_frames=2)
+    False
+    """
+    new = sum(frame not in handed_over for frame in frames)
+    return len(frames) >= adapt_frames and new >= adapt_frames - run_frames
+
+
 def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapting: bool = False, swapped_in: bool = False, frame: object = None) -> str:
     """The ELIT-triggered rule for one ``frame``, in one place (:class:`TriggeredPolicy` and ``elit watch``):
     "adapting" while an adaptation runs (the trigger waits); "collect" while frames are being collected;
-    else "trigger" when ``trigger`` fires on this frame's flag (its ``fired_on``: the run of flagged
-    frames that fired it, this one last), "swap" on the first frame of a newly adapted model (whose
-    run starts again), "flag" or "use".
+    else "trigger" when ``trigger`` fires on this frame's flag, "swap" on the first frame of a newly
+    adapted model (whose run starts again), "flag" or "use".
 
     >>> trigger = Trigger(run_frames=2)
     >>> [triggered_decision(flag, trigger, collecting=False, frame=k) for k, flag in enumerate((True, False, True, True))]
@@ -587,16 +606,16 @@ def triggered_decision(flagged: bool, trigger: Trigger, collecting: bool, adapti
 
 class TriggeredPolicy(Policy):
     """ELIT-triggered: the monitor flags frames; when ``trigger`` fires, the latest flagged frames (up to
-    ``adapt_frames``) and as many next frames as make ``adapt_frames`` are handed over to adapt on; the
-    adapted model is swapped in when ready.
+    ``adapt_frames``), then the next frames, are collected until they make an adaptation
+    (:func:`enough_to_adapt`) and handed over; the adapted model is swapped in when ready.
 
     The latest flagged frames (:func:`extend_flagged_run`: the run that fired the trigger, and the
-    flagged frames just before it, whichever model read them) are adapted on first: they are already
-    misread, and waiting for new ones only delays the adapted model. While an adaptation runs, frames
-    are read by the old model ("adapting") and the trigger waits; on the first frame of the new model
-    ("swap") the trigger's run starts again, judged by the new model's own monitor
+    flagged frames just before it, whichever model read them) are adapted on first: they show the
+    conditions now, and waiting for new ones only delays the adapted model. While an adaptation runs,
+    frames are read by the old model ("adapting") and the trigger waits; on the first frame of the
+    new model ("swap") the trigger's run starts again, judged by the new model's own monitor
     (:func:`run_policy`). If the new model flags a run in turn, the frames the old one flagged while
-    it adapted are adapted on at once.
+    it adapted count as new: with enough of them, the next adaptation starts at once.
 
     >>> from elit_utils.locate import AtomTable
     >>> atoms = AtomTable(*[np.zeros(2)] * 7)
@@ -604,6 +623,9 @@ class TriggeredPolicy(Policy):
     >>> decisions = [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, atoms, 0.6, True)) for k in range(5)]
     >>> [d.action for d in decisions], [[r.index for r in d.adapt_on] for d in decisions]
     (['flag', 'trigger', 'collect', 'flag', 'trigger'], [[], [], [0, 1, 2], [], [2, 3, 4]])
+    >>> policy.reset(); decisions = [policy.decide(FrameReading(k, 20.0 * k, np.zeros((8, 8)), 0.1, atoms, 0.6, True)) for k in range(7)]
+    >>> [[r.index for r in d.adapt_on] for d in decisions if d.adapt_on]  # each adaptation has at least one new frame
+    [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
     """
 
     name = "ELIT-triggered"
@@ -617,9 +639,10 @@ class TriggeredPolicy(Policy):
         self.adapt_frames = int(adapt_frames)
         self.collected: list[FrameReading] | None = None
         self.latest_flagged: list[FrameReading] = []
+        self.handed_over: set[int] = set()
 
     def reset(self) -> None:
-        self.trigger.flagged, self.trigger.fired_on, self.collected, self.latest_flagged = [], (), None, []
+        self.trigger.flagged, self.trigger.fired_on, self.collected, self.latest_flagged, self.handed_over = [], (), None, [], set()
 
     def decide(self, reading: FrameReading) -> Decision:
         if reading.error_flag is None:
@@ -629,9 +652,10 @@ class TriggeredPolicy(Policy):
         if action == "trigger":
             self.collected = list(self.latest_flagged)
         elif action == "collect":
-            self.collected.append(reading)
-        if action in ("trigger", "collect") and len(self.collected) == self.adapt_frames:
-            adapt_on, self.collected = tuple(self.collected), None
+            self.collected = [*self.collected, reading][-self.adapt_frames :]
+        indices = [r.index for r in self.collected or ()]
+        if action in ("trigger", "collect") and enough_to_adapt(indices, self.handed_over, self.adapt_frames, self.trigger.run_frames):
+            adapt_on, self.collected, self.handed_over = tuple(self.collected), None, set(indices)
             return Decision(action, adapt_on)
         return Decision(action)
 

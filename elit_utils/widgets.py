@@ -447,16 +447,26 @@ def _checked_policy_log(name: str, log: list[dict], atoms: dict[int, AtomTable])
     return [line["frame"] for line in log]
 
 
+def _is_entropy_limit(value: object) -> bool:
+    """Whether ``value`` is an atom entropy limit: a number of nats between 0 and ln 2 (a two-way choice's most)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= np.log(2)
+
+
 def _checked_replay(session: object, logs: dict[str, list[dict]], atoms_by_policy: dict[str, dict[int, AtomTable]], entropy_limit_nats: float) -> list[int]:
     """The frames of a replay, in order; a :class:`~elit_utils.errors.BadValueError` naming the policy and frame when the inputs do not fit together."""
     from .stream import MicroscopeStream
 
     if not isinstance(session, MicroscopeStream):
         raise BadValueError(f"the replay shows the frames of a MicroscopeStream (the session the logs were played on), got {type(session).__name__}")
-    limits = [entropy_limit_nats, *(line.get("entropy_limit_nats") for log in logs.values() for line in log)]
-    for limit in (limit for limit in limits if limit is not None):
-        if not (isinstance(limit, (int, float)) and 0 <= limit <= np.log(2)):
-            raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (e.g. monitor.entropy_limit_nats), got {limit!r}")
+    if not _is_entropy_limit(entropy_limit_nats):
+        raise BadValueError(f"entropy_limit_nats must lie between 0 and ln 2 = 0.693 nats (e.g. monitor.entropy_limit_nats), got {entropy_limit_nats!r}")
+    for name, log in logs.items():
+        for line in log:
+            if line.get("entropy_limit_nats") is not None and not _is_entropy_limit(line["entropy_limit_nats"]):
+                raise BadValueError(
+                    f"the {name!r} log's entropy_limit_nats on frame {line.get('frame')} must lie between 0 and ln 2 = 0.693 nats, "
+                    f"got {line['entropy_limit_nats']!r}; replay the logs run_policy wrote"
+                )
     if not logs:
         raise BadValueError("no logs to replay; pass {policy name: run_policy(...) log}")
     first = next(iter(logs))

@@ -101,8 +101,18 @@ def test_atom_regions_equal_the_reference_on_simulated_frames_and_special_maps()
         for threshold in (0.1, 0.3, 0.5, 0.7, 0.9):
             for min_prominence in (0.05, 0.2, 0.5, 1.0):
                 assert_same_regions(probability, threshold, min_prominence)
+    float32_twins = np.zeros((100, 100), np.float32)  # large enough for the cluster-by-cluster path
+    float32_twins[2, 2], float32_twins[2, 3], float32_twins[2, 4] = 0.8, 0.6, 0.95  # float32(0.6) is above 0.6, yet not in the mask
+    float32_twins[5, 10:13] = float32_twins[5, 14:17] = 0.9
+    float32_twins[5, 13] = 0.65  # a region that splits, so the labels come from the markers
+    assert_same_regions(float32_twins, 0.6, 0.2)
     with pytest.raises(ValueError, match="min_prominence"):
         locate.atom_regions(maps[0], 0.5, 0.0)
+    for bad in (np.nan, np.inf):
+        broken = maps[0].copy()
+        broken[3, 3] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            locate.atom_regions(broken)
 
 
 def test_a_faint_peak_is_judged_against_the_landscape_below_the_threshold(monkeypatch):

@@ -96,7 +96,7 @@ def test_each_model_crosses_out_atoms_above_its_own_logged_limit():
     crosses = panels[1].collections[-1].get_offsets()
     assert np.allclose(crosses, np.column_stack([atoms["ELIT-triggered"][3].cols_px[untrusted], atoms["ELIT-triggered"][3].rows_px[untrusted]]))
     logs["ELIT-triggered"][3]["entropy_limit_nats"] = 0.8
-    with pytest.raises(BadValueError, match="entropy_limit_nats must lie between 0 and ln 2.* got 0.8"):
+    with pytest.raises(BadValueError, match="the 'ELIT-triggered' log's entropy_limit_nats on frame 3 must lie between 0 and ln 2.* got 0.8; replay"):
         StreamReplay(SESSION, logs, atoms, ENTROPY_LIMIT_NATS)
 
 

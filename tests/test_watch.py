@@ -106,23 +106,29 @@ def test_a_trigger_adapts_the_model_and_swaps_it_in(tmp_path, capsys):
 
 
 def test_a_restart_replays_the_latest_flagged_frames_across_a_swap(tmp_path):
-    """The trigger's run starts again at a swap, but the latest flagged frames, whichever model flagged them, go on: they are
-    what a trigger adapts on first (the same rule as the ELIT-triggered policy's)."""
-    from elit_utils.cli import _replay
+    """The trigger's run starts again at a swap, but the latest flagged frames, whichever model flagged them, go on: a
+    trigger collects them first. An adaptation waits for --adapt-frames minus --trigger-frames frames the previous one
+    did not use (the same rule as the ELIT-triggered policy's)."""
+    from argparse import Namespace
 
-    model, out = tmp_path / "model", tmp_path / "out"
+    from elit_utils.cli import _ready_to_adapt, _replay
+
+    model, out, options = tmp_path / "model", tmp_path / "out", Namespace(adapt_frames=3, trigger_frames=1)
     frame = {"event": "frame", "model": str(model)}
     lines = [
         {**frame, "file": "a.npy", "decision": "trigger", "over_limit": True, "adapt_on": ["a.npy"]},
         {**frame, "file": "b.npy", "decision": "collect", "over_limit": True},
-        {"event": "swap", "model": str(tmp_path / "adapted")},
-        {**frame, "file": "c.npy", "decision": "unreadable"},
-        {**frame, "file": "d.npy", "decision": "flag", "over_limit": True},
+        {**frame, "file": "c.npy", "decision": "collect", "over_limit": True},
+        {"event": "swap", "model": str(tmp_path / "adapted"), "frames": ["a.npy", "b.npy", "c.npy"]},
+        {**frame, "file": "x.npy", "decision": "unreadable"},
+        {**frame, "file": "d.npy", "decision": "trigger", "over_limit": True, "adapt_on": ["b.npy", "c.npy", "d.npy"]},
     ]
-    state = _replay(lines, model, out, adapt_frames=2)
-    assert state.run_files == ["d.npy"] and state.latest_flagged == ["b.npy", "d.npy"] and state.collecting is None
-    assert state.model == tmp_path / "adapted" and state.adaptations == 1
-    state = _replay([*lines, {**frame, "file": "e.npy", "decision": "use", "over_limit": False}], model, out, adapt_frames=2)
+    state = _replay(lines, model, out, adapt_frames=3)
+    assert state.model == tmp_path / "adapted" and state.adaptations == 1 and state.handed_over == {"a.npy", "b.npy", "c.npy"}
+    assert state.latest_flagged == ["b.npy", "c.npy", "d.npy"] and state.collecting == ["b.npy", "c.npy", "d.npy"]
+    assert not _ready_to_adapt(state, options)  # one new frame of the two it needs
+    state = _replay([*lines, {**frame, "file": "e.npy", "decision": "collect", "over_limit": False}], model, out, adapt_frames=3)
+    assert state.collecting == ["c.npy", "d.npy", "e.npy"] and _ready_to_adapt(state, options)
     assert state.run_files == [] and state.latest_flagged == []
 
 
