@@ -548,8 +548,8 @@ def extend_flagged_run(run: list, flagged: bool, frame: object, keep: int) -> li
     Unlike a :class:`Trigger`'s run, this one goes on across a swap of models and through the frames
     read while frames are collected or an adaptation runs. When the trigger fires, the frames of
     this run are the freshest evidence of the new conditions, whichever model flagged them: they are
-    adapted on first, and only the frames missing to make ``keep`` are waited for (the ELIT-triggered
-    policy and ``elit watch`` alike).
+    collected first, and new frames only as long as :func:`enough_to_adapt` asks for them (the
+    ELIT-triggered policy and ``elit watch`` alike).
 
     >>> run = []
     >>> for frame, flag in enumerate((True, False, True, True, True)):
@@ -966,7 +966,7 @@ class StreamPlan:
         for no one).
     trigger_run_frames: flagged frames in a row that fire the ELIT trigger.
     adapt_frames: frames the ELIT-triggered policy adapts on: the latest flagged frames (the run that fired
-        the trigger and those flagged just before it), then as many next frames as make this number.
+        the trigger and those flagged just before it), then next frames until :func:`enough_to_adapt`.
     block_frames: frames per block of the always-retrain policy.
     n_monitor_frames: fresh source frames the frame error monitor is fitted on.
     member_iterations_per_s: the speed an adaptation is laid on stream time with (:func:`run_policy`).
